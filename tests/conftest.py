@@ -1,0 +1,86 @@
+"""Shared fixtures: a throwaway AIRFLOW_HOME and a moto server over HTTP on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+# Before anything imports airflow: tests never touch a developer's own metadata database.
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="immudeploy-airflow-home-")
+os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__PARALLELISM", "4")
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", os.path.join(os.path.dirname(__file__), "..", "dags"))
+for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+    os.environ.pop(_name, None)
+os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+import boto3  # noqa: E402
+import requests  # noqa: E402
+from moto.server import ThreadedMotoServer  # noqa: E402
+
+REGION = "us-east-1"
+# The connection's secret: tests assert it never shows up in a task log.
+SECRET_KEY = "moto-secret-key-never-logged-3f9a"
+
+
+@dataclass
+class MotoAws:
+    """A running moto server and the Airflow connection that points at it."""
+
+    endpoint_url: str
+    region: str = REGION
+
+    def client(self, service: str) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id="testing",
+            aws_secret_access_key=SECRET_KEY,
+        )
+
+    def connection_json(self) -> str:
+        return json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": SECRET_KEY,
+                "extra": {"region_name": self.region, "endpoint_url": self.endpoint_url},
+            }
+        )
+
+    def reset(self) -> None:
+        requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=10).raise_for_status()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoAws]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield MotoAws(endpoint_url=f"http://{host}:{port}")
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws(moto_server: MotoAws, monkeypatch: pytest.MonkeyPatch) -> MotoAws:
+    """A clean moto state and `aws_default` pointing at it."""
+    moto_server.reset()
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", moto_server.connection_json())
+    return moto_server
+
+
+# Seeded VPC, load balancer and fleets (tests/fleet_fixtures.py).
+pytest_plugins = ["fleet_fixtures"]
