@@ -63,7 +63,9 @@ class PackerAwsSettings:
     ec2_endpoint: str
 
 
-def packer_aws_settings(aws_conn_id: str = DEFAULT_CONN_ID, region_name: str | None = None) -> PackerAwsSettings:
+def packer_aws_settings(
+    aws_conn_id: str = DEFAULT_CONN_ID, region_name: str | None = None
+) -> PackerAwsSettings:
     """Credentials reach Packer only through its environment, never its command line or the log."""
     hook = aws_hook("ec2", aws_conn_id, region_name)
     credentials = hook.get_credentials()

@@ -24,7 +24,9 @@ VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$"
 AMI_ID_PATTERN = r"^ami-[0-9a-f]{8,17}$"
 GIT_SHA_PATTERN = r"^[0-9a-f]{7,40}$"
 
-_SERVER_GROUP_RE = re.compile(r"^(?P<app>[a-z][a-z0-9]*)-(?P<environment>[a-z][a-z0-9]*)-v(?P<sequence>\d{3,})$")
+_SERVER_GROUP_RE = re.compile(
+    r"^(?P<app>[a-z][a-z0-9]*)-(?P<environment>[a-z][a-z0-9]*)-v(?P<sequence>\d{3,})$"
+)
 
 
 def _check(field: str, value: object, pattern: str, meaning: str) -> str:

@@ -1,0 +1,117 @@
+"""BakeImageOperator: the bake phase as an Airflow task (thin: the work is in immudeploy.bake)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+
+from immudeploy.aws import DEFAULT_CONN_ID, AwsClients, packer_aws_settings
+from immudeploy.bake import (
+    DEFAULT_BAKE_TIMEOUT_SECONDS,
+    BakeRequest,
+    BaseImage,
+    bake_image,
+    default_template_dir,
+)
+from immudeploy.links import ImageLink
+from immudeploy.packer import PackerRunner
+
+
+class BakeImageOperator(BaseOperator):
+    """Bake the release's image with Packer, or return the one already baked from the same template.
+
+    Returns the image id; also pushes `image_id` and `region` for the console link.
+    """
+
+    template_fields: Sequence[str] = (
+        "app",
+        "version",
+        "environment",
+        "base_image_id",
+        "base_image_name_pattern",
+        "instance_type",
+        "git_sha",
+        "release_url",
+        "force",
+    )
+    operator_extra_links = (ImageLink(),)
+    ui_color = "#f9e2af"
+
+    def __init__(
+        self,
+        *,
+        app: str,
+        version: str,
+        environment: str,
+        base_image_id: str | None = None,
+        base_image_name_pattern: str | None = None,
+        base_image_owners: Sequence[str] = (),
+        template_dir: str | None = None,
+        instance_type: str = "t3.micro",
+        git_sha: str | None = None,
+        release_url: str = "",
+        force: bool = False,
+        bake_timeout: float = DEFAULT_BAKE_TIMEOUT_SECONDS,
+        packer_executable: str = "packer",
+        aws_conn_id: str = DEFAULT_CONN_ID,
+        region_name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+        self.version = version
+        self.environment = environment
+        self.base_image_id = base_image_id
+        self.base_image_name_pattern = base_image_name_pattern
+        self.base_image_owners = tuple(base_image_owners)
+        self.template_dir = template_dir
+        self.instance_type = instance_type
+        self.git_sha = git_sha
+        self.release_url = release_url
+        self.force = force
+        self.bake_timeout = bake_timeout
+        self.packer_executable = packer_executable
+        self.aws_conn_id = aws_conn_id
+        self.region_name = region_name
+        self._runner: PackerRunner | None = None
+
+    def execute(self, context: Context) -> str:
+        request = BakeRequest(
+            app=self.app,
+            version=self.version,
+            environment=self.environment,
+            template_dir=Path(self.template_dir) if self.template_dir else default_template_dir(),
+            base_image=BaseImage(
+                image_id=self.base_image_id or None,
+                name_pattern=self.base_image_name_pattern or None,
+                owners=self.base_image_owners,
+            ),
+            instance_type=self.instance_type,
+            git_sha=self.git_sha or None,
+            release_url=self.release_url,
+            force=_as_bool(self.force),
+            timeout_seconds=float(self.bake_timeout),
+        )
+        clients = AwsClients(self.aws_conn_id, self.region_name)
+        settings = packer_aws_settings(self.aws_conn_id, self.region_name)
+        self._runner = PackerRunner(self.packer_executable, settings.environment, logger=self.log)
+        image = bake_image(clients.ec2, self._runner, settings, request)
+        ti = context["ti"]
+        ti.xcom_push(key="image_id", value=image.image_id)
+        ti.xcom_push(key="region", value=settings.region)
+        ti.xcom_push(key="reused", value=image.reused)
+        return image.image_id
+
+    def on_kill(self) -> None:
+        if self._runner is not None:
+            self._runner.terminate()
+
+
+def _as_bool(value: object) -> bool:
+    # Templated fields arrive as strings ("False") when rendered from params.
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)

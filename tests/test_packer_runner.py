@@ -1,0 +1,126 @@
+"""The Packer runner against the real binary: streaming, timeout, cancel, errors, no process left behind."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from immudeploy.aws import packer_aws_settings
+from immudeploy.errors import BakeError, WaitTimeout
+from immudeploy.packer import PackerEvent, PackerRunner
+
+DATA = Path(__file__).parent / "data"
+PACKER = shutil.which("packer")
+
+
+@pytest.fixture(autouse=True)
+def _require_packer() -> None:
+    if PACKER is None:
+        pytest.fail("the packer binary is not installed: run the README's set-up command")
+
+
+def _packer_processes_for(marker: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if marker in cmdline or ("sleep 300" in cmdline and "packer" in cmdline):
+            found.append(process)
+    return found
+
+
+def _slow_build(tmp_path: Path, aws) -> tuple[PackerRunner, Path, Path]:
+    template = tmp_path / "slow"
+    shutil.copytree(DATA / "slow_template", template)
+    settings = packer_aws_settings()
+    var_file = tmp_path / "vars.json"
+    var_file.write_text(
+        json.dumps(
+            {
+                "ec2_endpoint": settings.ec2_endpoint,
+                "base_ami_id": "ami-785db401",
+                "ami_name": f"slow-{time.time_ns()}",
+            }
+        )
+    )
+    return PackerRunner(PACKER or "packer", settings.environment), template, var_file
+
+
+def _wait_gone(marker: str, seconds: float = 10) -> list[psutil.Process]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        left = [
+            p for p in _packer_processes_for(marker) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        ]
+        if not left:
+            return []
+        time.sleep(0.2)
+    return left
+
+
+def test_machine_readable_lines_are_parsed() -> None:
+    event = PackerEvent.parse("1700000000,amazon-ebs.local,artifact,0,id,us-east-1:ami-0abc")
+    assert event is not None and event.type == "artifact" and event.data == ("0", "id", "us-east-1:ami-0abc")
+    ui = PackerEvent.parse("1700000000,,ui,say,==> amazon-ebs.local: a%!(PACKER_COMMA) b")
+    assert ui is not None and ui.text == "==> amazon-ebs.local: a, b"
+    assert PackerEvent.parse("not a machine readable line") is None
+
+
+def test_a_build_past_its_timeout_is_killed_and_leaves_no_packer(tmp_path: Path, aws) -> None:
+    runner, template, var_file = _slow_build(tmp_path, aws)
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout, match="did not finish within 3 s"):
+        runner.build(template, var_file, only="amazon-ebs.local", timeout=3)
+    assert time.monotonic() - started < 3 + 35  # the timeout plus at most the clean-up grace
+    assert _wait_gone(str(template)) == []
+
+
+def test_terminate_from_another_thread_cancels_the_build(tmp_path: Path, aws) -> None:
+    runner, template, var_file = _slow_build(tmp_path, aws)
+    outcome: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            runner.build(template, var_file, only="amazon-ebs.local", timeout=300)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=build)
+    worker.start()
+    # Wait until the provisioner's sleep is really running, then cancel as Airflow's on_kill would.
+    deadline = time.monotonic() + 30
+    while not any("sleep 300" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
+        assert time.monotonic() < deadline, "the slow build never reached its provisioner"
+        time.sleep(0.2)
+    runner.terminate()
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert outcome and isinstance(outcome[0], BakeError)
+    assert _wait_gone(str(template)) == []
+
+
+def test_output_is_logged_while_packer_runs(tmp_path: Path, aws, caplog: pytest.LogCaptureFixture) -> None:
+    runner, template, var_file = _slow_build(tmp_path, aws)
+    runner.logger = logging.getLogger("bake-test")
+    caplog.set_level(logging.INFO, logger="bake-test")
+    with pytest.raises(WaitTimeout):
+        runner.build(template, var_file, only="amazon-ebs.local", timeout=4)
+    # Lines arrived before packer ended: the provisioner's start is in the log of a build that never finished.
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("Running local shell script" in m or "shell-local" in m for m in messages), messages
+
+
+def test_a_broken_template_fails_with_packers_own_message(tmp_path: Path, aws) -> None:
+    settings = packer_aws_settings()
+    runner = PackerRunner(PACKER or "packer", settings.environment)
+    var_file = tmp_path / "vars.json"
+    var_file.write_text("{}")
+    with pytest.raises(BakeError) as failure:
+        runner.validate(DATA / "broken_template", var_file)
+    assert "no_such_argument" in str(failure.value)
