@@ -118,13 +118,7 @@ def image_name(app: str, version: str, fingerprint: str, unique: bool = False) -
 def resolve_base_image(ec2: Any, base: BaseImage) -> str:
     """The base image id: the given one if it exists, else the newest available match."""
     if base.image_id:
-        try:
-            images = ec2.describe_images(ImageIds=[base.image_id]).get("Images", [])
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") != "InvalidAMIID.NotFound":
-                raise
-            images = []
-        if not images:
+        if find_image(ec2, base.image_id) is None:
             raise InvalidInput("base_image.image_id", f"{base.image_id} does not exist in this region")
         return base.image_id
     kwargs: dict[str, Any] = {
@@ -140,6 +134,16 @@ def resolve_base_image(ec2: Any, base: BaseImage) -> str:
         raise InvalidInput("base_image.name_pattern", f"no available image matches {base.name_pattern!r}")
     newest = max(images, key=lambda image: image.get("CreationDate", ""))
     return newest["ImageId"]
+
+
+def find_image(ec2: Any, image_id: str) -> dict[str, Any] | None:
+    try:
+        images = ec2.describe_images(ImageIds=[image_id]).get("Images", [])
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "InvalidAMIID.NotFound":
+            raise
+        return None
+    return dict(images[0]) if images else None
 
 
 def find_baked_image(ec2: Any, app: str, version: str, fingerprint: str, name: str) -> dict[str, Any] | None:

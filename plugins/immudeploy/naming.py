@@ -20,7 +20,7 @@ TAG_BASE_IMAGE = "immutable:base-image"
 APP_PATTERN = r"^[a-z][a-z0-9]{0,29}$"
 ENVIRONMENT_PATTERN = r"^[a-z][a-z0-9]{0,19}$"
 # A release version: semantic version or a plain build tag, no spaces or shell metacharacters.
-VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$"
+VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$"
 AMI_ID_PATTERN = r"^ami-[0-9a-f]{8,17}$"
 GIT_SHA_PATTERN = r"^[0-9a-f]{7,40}$"
 
@@ -46,7 +46,7 @@ def validate_environment(value: object, field: str = "environment") -> str:
 
 
 def validate_version(value: object, field: str = "version") -> str:
-    return _check(field, value, VERSION_PATTERN, "a release version (letters, digits, '.', '_', '+', '-')")
+    return _check(field, value, VERSION_PATTERN, "a release version (letters, digits, '.', '_', '-')")
 
 
 def validate_ami_id(value: object, field: str = "ami_id") -> str:

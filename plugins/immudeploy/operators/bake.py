@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,11 @@ from immudeploy.bake import (
     BaseImage,
     bake_image,
     default_template_dir,
+    find_image,
 )
+from immudeploy.errors import InvalidInput
 from immudeploy.links import ImageLink
+from immudeploy.naming import validate_ami_id
 from immudeploy.packer import PackerRunner
 
 
@@ -29,13 +33,17 @@ class BakeImageOperator(BaseOperator):
     template_fields: Sequence[str] = (
         "app",
         "version",
+        "image_id",
         "environment",
         "base_image_id",
         "base_image_name_pattern",
+        "base_image_owners",
+        "template_dir",
         "instance_type",
         "git_sha",
         "release_url",
         "force",
+        "bake_timeout",
     )
     operator_extra_links = (ImageLink(),)
     ui_color = "#f9e2af"
@@ -46,9 +54,10 @@ class BakeImageOperator(BaseOperator):
         app: str,
         version: str,
         environment: str,
+        image_id: str | None = None,
         base_image_id: str | None = None,
         base_image_name_pattern: str | None = None,
-        base_image_owners: Sequence[str] = (),
+        base_image_owners: Sequence[str] | None = None,
         template_dir: str | None = None,
         instance_type: str = "t3.micro",
         git_sha: str | None = None,
@@ -64,9 +73,10 @@ class BakeImageOperator(BaseOperator):
         self.app = app
         self.version = version
         self.environment = environment
+        self.image_id = image_id
         self.base_image_id = base_image_id
         self.base_image_name_pattern = base_image_name_pattern
-        self.base_image_owners = tuple(base_image_owners)
+        self.base_image_owners = base_image_owners
         self.template_dir = template_dir
         self.instance_type = instance_type
         self.git_sha = git_sha
@@ -79,6 +89,18 @@ class BakeImageOperator(BaseOperator):
         self._runner: PackerRunner | None = None
 
     def execute(self, context: Context) -> str:
+        ti = context["ti"]
+        ti.xcom_push(key="started_at", value=time.time())
+        clients = AwsClients(self.aws_conn_id, self.region_name)
+        settings = packer_aws_settings(self.aws_conn_id, self.region_name)
+        if self.image_id:
+            # The run names an image that was baked (and staged) before: deploy it as it is.
+            validate_ami_id(self.image_id, "ami_id")
+            image = find_image(clients.ec2, self.image_id)
+            if image is None or image.get("State") != "available":
+                raise InvalidInput("ami_id", f"image {self.image_id} does not exist or is not available")
+            self.log.info("Using the given image %s; not baking", self.image_id)
+            return self._publish(ti, self.image_id, settings.region, reused=True)
         request = BakeRequest(
             app=self.app,
             version=self.version,
@@ -87,7 +109,7 @@ class BakeImageOperator(BaseOperator):
             base_image=BaseImage(
                 image_id=self.base_image_id or None,
                 name_pattern=self.base_image_name_pattern or None,
-                owners=self.base_image_owners,
+                owners=tuple(self.base_image_owners or ()),
             ),
             instance_type=self.instance_type,
             git_sha=self.git_sha or None,
@@ -95,15 +117,16 @@ class BakeImageOperator(BaseOperator):
             force=_as_bool(self.force),
             timeout_seconds=float(self.bake_timeout),
         )
-        clients = AwsClients(self.aws_conn_id, self.region_name)
-        settings = packer_aws_settings(self.aws_conn_id, self.region_name)
         self._runner = PackerRunner(self.packer_executable, settings.environment, logger=self.log)
         image = bake_image(clients.ec2, self._runner, settings, request)
-        ti = context["ti"]
-        ti.xcom_push(key="image_id", value=image.image_id)
-        ti.xcom_push(key="region", value=settings.region)
-        ti.xcom_push(key="reused", value=image.reused)
-        return image.image_id
+        return self._publish(ti, image.image_id, settings.region, reused=image.reused)
+
+    @staticmethod
+    def _publish(ti: Any, image_id: str, region: str, reused: bool) -> str:
+        ti.xcom_push(key="image_id", value=image_id)
+        ti.xcom_push(key="region", value=region)
+        ti.xcom_push(key="reused", value=reused)
+        return image_id
 
     def on_kill(self) -> None:
         if self._runner is not None:

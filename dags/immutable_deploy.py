@@ -1,0 +1,60 @@
+"""immutable_deploy: bake, stage, launch beside the live fleet, cut over, drain, tear down."""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG
+
+from immudeploy.dag_tasks import (
+    DEFAULT_ARGS,
+    DEPLOY_PARAMS,
+    bake_phase,
+    launch_fleet,
+    prepare,
+    publish_config,
+    release_lock,
+    staging_phase,
+    summary,
+    swap_phases,
+    undo_on_failure,
+)
+
+with DAG(
+    dag_id="immutable_deploy",
+    schedule=None,
+    default_args=DEFAULT_ARGS,
+    params=DEPLOY_PARAMS,
+    tags=["immutable", "deploy"],
+    is_paused_upon_creation=False,
+    max_active_runs=8,
+    doc_md=__doc__
+    + """
+
+Trigger with `app`, `environment`, `version` (optionally `ami_id` to skip the bake, `git_sha`).
+One run at a time per app and environment, across all immutable_* DAGs.
+
+1. **bake**: one image per app, version and template content (reused when it exists).
+2. **staging**: a staging group from the image; the configured test command runs against it; the
+   staging group is always deleted.
+3. **publish_config**: runtime configuration to SSM Parameter Store under the release's own path.
+4. **launch**: a new server group `{app}-{environment}-vNNN`, sized like the live one.
+5. **cutover**: attached beside the old group; the health gate waits until every new target is healthy.
+6. **drain**: the old group is detached; the drain sensor waits until its connections drained.
+7. **observe**: optional window watching health and alarms; a failure swaps back.
+8. **teardown**: autoscaling restored; old groups beyond the kept ones and unused images deleted.
+
+A failure at any step runs **undo_on_failure**: traffic goes back to the old group before the new
+one is removed, so no target group is left without a healthy target.
+""",
+):
+    plan = prepare()
+    bake = bake_phase(plan)
+    staging_steps, staging_tests = staging_phase(plan, bake.output)
+    published = publish_config(plan)
+    launched, swap_steps, retired = swap_phases(plan, lambda: launch_fleet(plan, bake.output))
+    done = summary(plan, bake.output, launched, retired)
+    undo = undo_on_failure()
+    unlock = release_lock()
+
+    staging_tests >> published >> launched
+    [bake, *staging_steps, published, *swap_steps, done] >> undo
+    [done, undo] >> unlock.as_teardown(setups=plan.operator)
