@@ -56,5 +56,5 @@ one is removed, so no target group is left without a healthy target.
     unlock = release_lock()
 
     staging_tests >> published >> launched
-    [bake, *staging_steps, published, *swap_steps, done] >> undo
-    [done, undo] >> unlock.as_teardown(setups=plan.operator)
+    [bake, *staging_steps, published, *swap_steps] >> undo
+    [done, undo] >> unlock

@@ -40,5 +40,5 @@ The bad fleet is always retired, whatever the retention setting. A failure undoe
     undo = undo_on_failure()
     unlock = release_lock()
 
-    [*swap_steps, done] >> undo
-    [done, undo] >> unlock.as_teardown(setups=plan.operator)
+    swap_steps >> undo
+    [done, undo] >> unlock

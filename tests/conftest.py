@@ -17,6 +17,11 @@ os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__PARALLELISM", "4")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", os.path.join(os.path.dirname(__file__), "..", "dags"))
+# Fast polls and no retries in tests: a failing step fails the run at once.
+os.environ.setdefault("IMMUDEPLOY_POLL_SECONDS", "0.2")
+os.environ.setdefault("IMMUDEPLOY_RETRIES", "0")
+os.environ.setdefault("IMMUDEPLOY_RETRY_DELAY_SECONDS", "1")
+os.environ.setdefault("IMMUDEPLOY_LOCK_WAIT_SECONDS", "60")
 for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
     os.environ.pop(_name, None)
 os.environ["AWS_ACCESS_KEY_ID"] = "testing"
@@ -80,6 +85,14 @@ def aws(moto_server: MotoAws, monkeypatch: pytest.MonkeyPatch) -> MotoAws:
     moto_server.reset()
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", moto_server.connection_json())
     return moto_server
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """The throwaway metadata database (SQLite in the temporary AIRFLOW_HOME), created once."""
+    from airflow.utils.db import initdb
+
+    initdb()
 
 
 # Seeded VPC, load balancer and fleets (tests/fleet_fixtures.py).

@@ -176,9 +176,9 @@ def prepare_rollback() -> dict[str, Any]:
     )
 
 
-@task
+@task(trigger_rule=TriggerRule.ALL_DONE)
 def release_lock() -> bool:
-    """Frees the app/environment for the next run; a teardown, so it runs however the run ended."""
+    """Frees the app/environment for the next run; runs however the run ended."""
     from immudeploy.lock import release_lock as release
 
     context = get_current_context()
@@ -418,14 +418,15 @@ def swap_phases(plan: Any, make_launch: Any) -> tuple[Any, list[Any], Any]:
     launched >> in_service >> attached
     healthy >> detached
     drained >> observed >> finished
-    steps = [launched, in_service, attached, healthy, detached, drained, observed, finished, retired]
+    # Failures up to the end of the observation window are undone; after it the release stands.
+    steps = [launched, in_service, attached, healthy, detached, drained, observed]
     return launched, steps, retired
 
 
 # --- end of run ----------------------------------------------------------------------------------
 
 
-@task(trigger_rule=TriggerRule.ONE_FAILED, retries=3)
+@task(trigger_rule=TriggerRule.ONE_FAILED, retries=3, retry_delay=DEFAULT_ARGS["retry_delay"])
 def undo_on_failure() -> list[str]:
     """Runs only when a step failed: traffic back to the old group, then what the run made is removed."""
     from immudeploy.pipeline import undo_failed_run

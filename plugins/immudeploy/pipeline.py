@@ -8,7 +8,7 @@ import re
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -88,7 +88,7 @@ class DeployPlan:
     base_image_owners: list[str]
     packer_template: str
     release_url: str
-    started_at: str
+    planned_at: str
     # Rollback only: "swap" to a kept group, or "redeploy" the previous image.
     rollback_mode: str | None = None
     rollback_group: str | None = None
@@ -99,7 +99,9 @@ class DeployPlan:
 
     @classmethod
     def from_xcom(cls, value: Mapping[str, Any]) -> DeployPlan:
-        data = dict(value)
+        known = {f.name for f in fields(cls)}
+        # The prepare task adds a few flat keys for operators; they are derived, not part of the plan.
+        data = {k: v for k, v in value.items() if k in known}
         staging = data.pop("staging", None)
         return cls(staging=StagingPlan(**staging) if staging else None, **data)
 
@@ -175,7 +177,7 @@ def _base_plan(
         "base_image_owners": list(env.base_image.owners),
         "packer_template": str(env.packer_template),
         "release_url": env.release_url,
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "planned_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
