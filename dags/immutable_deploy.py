@@ -57,4 +57,4 @@ one is removed, so no target group is left without a healthy target.
 
     staging_tests >> published >> launched
     [bake, *staging_steps, published, *swap_steps] >> undo
-    [done, undo] >> unlock
+    [done, undo] >> unlock.as_teardown()

@@ -41,4 +41,4 @@ The bad fleet is always retired, whatever the retention setting. A failure undoe
     unlock = release_lock()
 
     swap_steps >> undo
-    [done, undo] >> unlock
+    [done, undo] >> unlock.as_teardown()

@@ -90,3 +90,276 @@ def test_first_deploy_then_second_deploy_replaces_v001_with_v002(deploy, fleet_c
     assert names == {"shop-prod-v001", "shop-prod-v002"}
     # No staging group is left behind.
     assert not [n for n in names if "stg" in n]
+
+
+def group_names(clients: Any) -> set[str]:
+    return {
+        g["AutoScalingGroupName"]
+        for g in clients.autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
+    }
+
+
+def launch_template_names(clients: Any) -> set[str]:
+    return {t["LaunchTemplateName"] for t in clients.ec2.describe_launch_templates()["LaunchTemplates"]}
+
+
+def registered_targets(clients: Any, target_group_arn: str) -> set[str]:
+    described = clients.elbv2.describe_target_health(TargetGroupArn=target_group_arn)[
+        "TargetHealthDescriptions"
+    ]
+    return {d["Target"]["Id"] for d in described}
+
+
+def group_instances(clients: Any, name: str) -> set[str]:
+    groups = clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])[
+        "AutoScalingGroups"
+    ]
+    return {i["InstanceId"] for i in groups[0]["Instances"]} if groups else set()
+
+
+def test_a_failing_staging_test_leaves_the_live_group_untouched_and_nothing_leaked(
+    airflow_db, aws, demo_network, fleet_clients, tmp_path, monkeypatch
+) -> None:
+    write_config(tmp_path, monkeypatch)
+    dag = load_dag("immutable_deploy")
+    assert (
+        str(dag.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.0.0"}).state)
+        == "success"
+    )
+    live_before = group_instances(fleet_clients, "shop-prod-v001")
+
+    write_config(
+        tmp_path,
+        monkeypatch,
+        staging={
+            "target_group": "shop-prod-staging",
+            "subnets": ["shop-prod-demo-us-east-1a"],
+            "test_command": ["python", "-c", "import sys; print('3 tests failed'); sys.exit(3)"],
+        },
+    )
+    run = load_dag("immutable_deploy").test(
+        run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.1.0"}
+    )
+
+    states = task_states(run)
+    assert str(run.state) == "failed"
+    assert states["staging.run_staging_tests"] == "failed"
+    assert states["launch.launch_fleet"] == "upstream_failed"  # the fleet was never launched
+    assert group_names(fleet_clients) == {"shop-prod-v001"}
+    assert launch_template_names(fleet_clients) == {"shop-prod-v001"}
+    assert group_instances(fleet_clients, "shop-prod-v001") == live_before
+    assert registered_targets(fleet_clients, demo_network.target_group_arn) == live_before
+    assert registered_targets(fleet_clients, demo_network.staging_target_group_arn) == set()
+    # The lock was released: the next run for the target is not blocked.
+    assert (
+        fleet_clients.ssm.describe_parameters(
+            ParameterFilters=[{"Key": "Name", "Values": ["/immutable/shop/prod/lock"]}]
+        )["Parameters"]
+        == []
+    )
+
+
+class UnhealthyFor:
+    """A real moto client, except that target health reports the given group's instances unhealthy.
+
+    moto never produces `unhealthy`; this stands in for an app that fails its health check.
+    """
+
+    def __init__(self, client: Any, autoscaling: Any, group_name: str) -> None:
+        self._client = client
+        self._autoscaling = autoscaling
+        self._group_name = group_name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def describe_target_health(self, **kwargs: Any) -> dict[str, Any]:
+        response = self._client.describe_target_health(**kwargs)
+        bad = group_instances(self, self._group_name)
+        for description in response["TargetHealthDescriptions"]:
+            if description["Target"]["Id"] in bad:
+                description["TargetHealth"] = {
+                    "State": "unhealthy",
+                    "Reason": "Target.ResponseCodeMismatch",
+                    "Description": "Health checks failed with these codes: [500]",
+                }
+        return response
+
+    def describe_auto_scaling_groups(self, **kwargs: Any) -> dict[str, Any]:
+        return self._autoscaling.describe_auto_scaling_groups(**kwargs)
+
+
+def test_a_health_gate_failure_removes_the_new_group_while_the_old_one_serves(
+    airflow_db, aws, demo_network, fleet_clients, tmp_path, monkeypatch
+) -> None:
+    write_config(tmp_path, monkeypatch)
+    dag = load_dag("immutable_deploy")
+    assert (
+        str(dag.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.0.0"}).state)
+        == "success"
+    )
+    live = group_instances(fleet_clients, "shop-prod-v001")
+
+    from immudeploy.triggers import waits as trigger_waits
+
+    real_build = trigger_waits.build_client
+
+    def build_client(service: str, conn_id: str, region: str | None) -> Any:
+        client = real_build(service, conn_id, region)
+        if service == "elbv2":
+            return UnhealthyFor(client, real_build("autoscaling", conn_id, region), "shop-prod-v002")
+        return client
+
+    monkeypatch.setattr(trigger_waits, "build_client", build_client)
+    run = dag.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.1.0"})
+
+    states = task_states(run)
+    assert str(run.state) == "failed"
+    assert states["cutover.health_gate"] == "failed"
+    assert states["undo_on_failure"] == "success"
+    assert group_names(fleet_clients) == {"shop-prod-v001"}
+    assert registered_targets(fleet_clients, demo_network.target_group_arn) == live
+    assert "shop-prod-v002" not in launch_template_names(fleet_clients)
+
+
+def test_a_failure_in_the_observation_window_swaps_back(
+    airflow_db, aws, demo_network, fleet_clients, tmp_path, monkeypatch
+) -> None:
+    write_config(tmp_path, monkeypatch)
+    dag = load_dag("immutable_deploy")
+    assert (
+        str(dag.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.0.0"}).state)
+        == "success"
+    )
+    live = group_instances(fleet_clients, "shop-prod-v001")
+
+    cloudwatch = aws.client("cloudwatch")
+    cloudwatch.put_metric_alarm(
+        AlarmName="shop-prod-5xx",
+        MetricName="HTTPCode_Target_5XX_Count",
+        Namespace="AWS/ApplicationELB",
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=1,
+        ComparisonOperator="GreaterThanOrEqualToThreshold",
+    )
+    cloudwatch.set_alarm_state(
+        AlarmName="shop-prod-5xx", StateValue="ALARM", StateReason="errors after cutover"
+    )
+    write_config(tmp_path, monkeypatch, observation_minutes=0.05, alarms=["shop-prod-5xx"])
+
+    run = load_dag("immutable_deploy").test(
+        run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.1.0"}
+    )
+
+    states = task_states(run)
+    assert str(run.state) == "failed"
+    assert states["drain.wait_drained"] == "success"  # the old group had already been detached
+    assert states["observe.observe_window"] == "failed"
+    assert states["undo_on_failure"] == "success"
+    assert group_names(fleet_clients) == {"shop-prod-v001"}
+    assert registered_targets(fleet_clients, demo_network.target_group_arn) == live
+
+
+def test_rollback_swaps_back_to_the_kept_group_and_retires_the_bad_one(
+    airflow_db, aws, demo_network, fleet_clients, tmp_path, monkeypatch
+) -> None:
+    write_config(tmp_path, monkeypatch)  # keep_old_groups: 1
+    deploy = load_dag("immutable_deploy")
+    for version in ("1.0.0", "1.1.0"):
+        assert (
+            str(deploy.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": version}).state)
+            == "success"
+        )
+    kept = group_instances(fleet_clients, "shop-prod-v001")
+    assert registered_targets(fleet_clients, demo_network.target_group_arn) == group_instances(
+        fleet_clients, "shop-prod-v002"
+    )
+
+    run = load_dag("immutable_rollback").test(run_conf={"app": APP, "environment": ENVIRONMENT})
+
+    assert str(run.state) == "success", task_states(run)
+    assert group_names(fleet_clients) == {"shop-prod-v001"}
+    assert group_instances(fleet_clients, "shop-prod-v001") == kept  # the same servers: an instant swap
+    assert registered_targets(fleet_clients, demo_network.target_group_arn) == kept
+
+
+def test_rollback_without_a_kept_group_redeploys_the_previous_image_without_rebaking(
+    airflow_db, aws, demo_network, fleet_clients, tmp_path, monkeypatch
+) -> None:
+    write_config(tmp_path, monkeypatch, keep_old_groups=0)
+    deploy = load_dag("immutable_deploy")
+    for version in ("1.0.0", "1.1.0"):
+        assert (
+            str(deploy.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": version}).state)
+            == "success"
+        )
+    assert group_names(fleet_clients) == {"shop-prod-v002"}
+    images_before = fleet_clients.ec2.describe_images(Owners=["self"])["Images"]
+    v1_image = next(
+        i["ImageId"] for i in images_before if from_aws_tags(i["Tags"]).get("immutable:version") == "1.0.0"
+    )
+
+    run = load_dag("immutable_rollback").test(run_conf={"app": APP, "environment": ENVIRONMENT})
+
+    assert str(run.state) == "success", task_states(run)
+    assert group_names(fleet_clients) == {"shop-prod-v003"}
+    group = fleet_clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["shop-prod-v003"])[
+        "AutoScalingGroups"
+    ][0]
+    assert from_aws_tags(group["Tags"])["immutable:version"] == "1.0.0"
+    instances = fleet_clients.ec2.describe_instances(
+        InstanceIds=[i["InstanceId"] for i in group["Instances"]]
+    )
+    assert {i["ImageId"] for r in instances["Reservations"] for i in r["Instances"]} == {v1_image}
+    assert len(fleet_clients.ec2.describe_images(Owners=["self"])["Images"]) == len(
+        images_before
+    )  # no rebake
+    assert registered_targets(fleet_clients, demo_network.target_group_arn) == group_instances(
+        fleet_clients, "shop-prod-v003"
+    )
+
+
+def test_bad_conf_is_refused_before_anything_changes(
+    airflow_db, aws, demo_network, fleet_clients, tmp_path, monkeypatch
+) -> None:
+    write_config(tmp_path, monkeypatch)
+    dag = load_dag("immutable_deploy")
+    with pytest.raises(Exception, match="version"):
+        dag.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.0; rm -rf /"})
+    assert group_names(fleet_clients) == set()
+    assert fleet_clients.ec2.describe_images(Owners=["self"])["Images"] == []
+
+
+def test_a_second_run_for_the_same_target_waits_and_names_the_holder(
+    airflow_db, aws, demo_network, fleet_clients, tmp_path, monkeypatch
+) -> None:
+    from immudeploy.lock import LockHolder, acquire_lock, release_lock
+
+    write_config(tmp_path, monkeypatch)
+    monkeypatch.setenv("IMMUDEPLOY_LOCK_WAIT_SECONDS", "2")
+    other = LockHolder("immutable_rollback", "manual__other-run")
+    acquire_lock(
+        fleet_clients.ssm,
+        APP,
+        ENVIRONMENT,
+        other,
+        wait_seconds=0,
+        poll_interval=0.1,
+        stale_after_seconds=3600,
+    )
+    dag = load_dag("immutable_deploy")
+
+    blocked = dag.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.0.0"})
+
+    assert str(blocked.state) == "failed"
+    assert task_states(blocked)["prepare"] == "failed"
+    assert group_names(fleet_clients) == set()
+    # The holder's lock is still there: the blocked run did not release someone else's lock.
+    assert release_lock(fleet_clients.ssm, APP, ENVIRONMENT, other)
+
+    assert (
+        str(dag.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.0.0"}).state)
+        == "success"
+    )

@@ -23,9 +23,6 @@ from immudeploy.operators.waits import DrainSensor, HealthGateOperator, WaitForI
 log = logging.getLogger(__name__)
 
 AWS_CONN_ID = os.environ.get("IMMUDEPLOY_AWS_CONN_ID", "aws_default")
-# How long a run waits for another run of the same app and environment before it fails.
-LOCK_WAIT_SECONDS = float(os.environ.get("IMMUDEPLOY_LOCK_WAIT_SECONDS", "1800"))
-LOCK_STALE_SECONDS = float(os.environ.get("IMMUDEPLOY_LOCK_STALE_SECONDS", str(6 * 3600)))
 POLL_SECONDS = float(os.environ.get("IMMUDEPLOY_POLL_SECONDS", "10"))
 
 DEFAULT_ARGS: dict[str, Any] = {
@@ -119,9 +116,11 @@ def _plan_under_lock(app: str, environment: str, make_plan: Any) -> dict[str, An
         app,
         environment,
         holder,
-        wait_seconds=LOCK_WAIT_SECONDS,
+        # How long a run waits for another run of the same app and environment before it fails.
+        wait_seconds=float(os.environ.get("IMMUDEPLOY_LOCK_WAIT_SECONDS", "1800")),
         poll_interval=min(POLL_SECONDS, 5.0),
-        stale_after_seconds=LOCK_STALE_SECONDS,
+        # A lock older than this was left by a run that died without releasing it.
+        stale_after_seconds=float(os.environ.get("IMMUDEPLOY_LOCK_STALE_SECONDS", str(6 * 3600))),
         log=log,
     )
     try:
@@ -454,3 +453,43 @@ def summary(
     for line in result["markdown"].splitlines():
         log.info("%s", line)
     return result
+
+
+# --- nightly -------------------------------------------------------------------------------------
+
+
+def nightly_timetable() -> Any:
+    """Every opted-in target's cron schedule (read from the small config file; no AWS at parse time)."""
+    from airflow.sdk import MultipleCronTriggerTimetable
+
+    from immudeploy.config import load_config
+    from immudeploy.pipeline import nightly_schedules
+
+    schedules = nightly_schedules(load_config())
+    if not schedules:
+        return None
+    return MultipleCronTriggerTimetable(*schedules, timezone="UTC")
+
+
+@task
+def plan_nightly() -> list[dict[str, str]]:
+    """Tonight's rebuilds: opted-in targets whose schedule is due, each at its live version."""
+    from immudeploy.config import load_config
+    from immudeploy.pipeline import nightly_targets
+
+    context = get_current_context()
+    dag_run = context["dag_run"]
+    scheduled = str(getattr(dag_run, "run_type", "")).endswith("scheduled")
+    due_at = context.get("logical_date") if scheduled else None
+    only = context["params"].get("targets") or None
+    confs = nightly_targets(_clients(), load_config(), due_at, only)
+    for conf in confs:
+        log.info(
+            "Rebuilding %s/%s at %s on the newest base image",
+            conf["app"],
+            conf["environment"],
+            conf["version"],
+        )
+    if not confs:
+        log.info("No target is due for a nightly rebuild")
+    return confs

@@ -588,3 +588,35 @@ def phase_durations(starts: Mapping[str, float | None], finished_at: float | Non
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+# --- nightly -----------------------------------------------------------------------------------
+
+
+def nightly_targets(
+    clients: Any, config: DeploymentConfig, due_at: datetime | None, only: list[str] | None = None
+) -> list[dict[str, str]]:
+    """The deploy confs of tonight's rebuilds: opted-in targets whose schedule is due, at their live version.
+
+    `due_at` None (a manual run) takes every opted-in target; `only` narrows to "app/environment" names.
+    A target with no live group has nothing to rebuild and is left out with a log line.
+    """
+    from croniter import croniter
+
+    confs = []
+    for env in config.nightly_targets():
+        if only is not None and env.target not in only:
+            continue
+        if due_at is not None and not croniter.match(env.nightly_schedule, due_at):
+            continue
+        resolved = resolve_environment(clients.ec2, clients.elbv2, env)
+        live = sg.live_server_group(clients, env.app, env.environment, resolved.target_group_arns)
+        if live is None or not live.version:
+            log.info("%s has no live group: nothing to rebuild", env.target)
+            continue
+        confs.append({"app": env.app, "environment": env.environment, "version": live.version})
+    return confs
+
+
+def nightly_schedules(config: DeploymentConfig) -> list[str]:
+    return sorted({env.nightly_schedule for env in config.nightly_targets()})

@@ -1,0 +1,540 @@
+"""immudeploy-ci: trigger a deploy or rollback from CI, follow it task by task, exit with its outcome.
+
+A tiny client over plain HTTP (`requests`) rather than apache-airflow-client: it needs five REST
+calls, and the generated client pins its own dependency versions and lags the server's API.
+
+Exit codes: 0 the run succeeded; 1 it failed (the failed tasks and the tail of their logs are
+printed); 2 the request was refused (bad arguments or credentials setup, a conf Airflow rejects
+with 400, a paused or missing DAG); 3 the run did not finish within --timeout (it goes on in
+Airflow); 4 Airflow could not be reached or refused the credentials.
+
+Credentials never come from a flag (flags end up in CI logs and process lists): from the
+environment (IMMUDEPLOY_AIRFLOW_URL, IMMUDEPLOY_AIRFLOW_USERNAME and IMMUDEPLOY_AIRFLOW_PASSWORD,
+or IMMUDEPLOY_AIRFLOW_TOKEN) or from --credentials-file, a JSON or INI file readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import json
+import os
+import stat
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import quote
+
+import requests
+
+DEPLOY_DAG_ID = "immutable_deploy"
+ROLLBACK_DAG_ID = "immutable_rollback"
+
+EXIT_SUCCESS = 0
+EXIT_RUN_FAILED = 1
+EXIT_REFUSED = 2
+EXIT_TIMEOUT = 3
+EXIT_UNREACHABLE = 4
+
+ENV_URL = "IMMUDEPLOY_AIRFLOW_URL"
+ENV_USERNAME = "IMMUDEPLOY_AIRFLOW_USERNAME"
+ENV_PASSWORD = "IMMUDEPLOY_AIRFLOW_PASSWORD"
+ENV_TOKEN = "IMMUDEPLOY_AIRFLOW_TOKEN"
+ENV_CREDENTIALS_FILE = "IMMUDEPLOY_AIRFLOW_CREDENTIALS_FILE"
+
+# Seconds for one HTTP request; the overall wait is --timeout.
+REQUEST_TIMEOUT = 30.0
+# Polling survives this many failed polls in a row (an api-server restart, a proxy blip).
+MAX_POLL_ERRORS = 5
+LOG_TAIL_LINES = 40
+FINISHED_RUN_STATES = {"success", "failed"}
+
+
+class CiError(Exception):
+    """Ends the command with `exit_code`; the message says what went wrong and what to do."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Credentials:
+    url: str
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+    def __repr__(self) -> str:  # never print a secret by accident
+        return f"Credentials(url={self.url!r}, username={self.username!r}, secret=***)"
+
+
+def _refused(message: str) -> CiError:
+    return CiError(message, EXIT_REFUSED)
+
+
+def read_credentials_file(path: Path) -> dict[str, str]:
+    """url/username/password/token from a JSON object or an INI file's [airflow] section.
+
+    A file holding a password or token must not be readable or writable by group or others.
+    """
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text()
+    except OSError as error:
+        raise _refused(f"cannot read the credentials file {path}: {error.strerror}") from None
+    values: dict[str, str]
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise _refused(f"credentials file {path} is not valid JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise _refused(f"credentials file {path} must hold a JSON object")
+        values = {k: v for k, v in data.items() if isinstance(v, str)}
+    else:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read_string(text, source=str(path))
+        except configparser.Error as error:
+            raise _refused(f"credentials file {path} is neither JSON nor INI: {error}") from None
+        if not parser.has_section("airflow"):
+            raise _refused(f"credentials file {path} has no [airflow] section")
+        values = dict(parser["airflow"])
+    known = {"url", "username", "password", "token"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise _refused(
+            f"credentials file {path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})"
+        )
+    if (values.get("password") or values.get("token")) and stat.S_IMODE(mode) & 0o077:
+        raise _refused(
+            f"credentials file {path} holds a secret but its mode is {stat.S_IMODE(mode):04o}: "
+            f"allow only its owner (chmod 600 {path})"
+        )
+    return values
+
+
+def resolve_credentials(
+    url_flag: str | None, credentials_file: str | None, environ: Mapping[str, str]
+) -> Credentials:
+    """The API address and secret: --url, then the file, then the environment for the address;
+    the file (when given) or else the environment for the secret. A token wins over a password."""
+    file_name = credentials_file or environ.get(ENV_CREDENTIALS_FILE)
+    if file_name:
+        source = read_credentials_file(Path(file_name))
+        where = f"credentials file {file_name}"
+    else:
+        source = {
+            "username": environ.get(ENV_USERNAME, ""),
+            "password": environ.get(ENV_PASSWORD, ""),
+            "token": environ.get(ENV_TOKEN, ""),
+        }
+        where = f"the environment ({ENV_TOKEN}, or {ENV_USERNAME} and {ENV_PASSWORD})"
+    url = (url_flag or source.get("url") or environ.get(ENV_URL) or "").strip().rstrip("/")
+    if not url:
+        raise _refused(f"no Airflow address: set {ENV_URL}, --url, or `url` in the credentials file")
+    if not url.startswith(("http://", "https://")):
+        raise _refused(f"the Airflow address must start with http:// or https://, got {url!r}")
+    token = (source.get("token") or "").strip() or None
+    username = (source.get("username") or "").strip() or None
+    password = source.get("password") or None
+    if token:
+        return Credentials(url=url, token=token)
+    if username and password:
+        return Credentials(url=url, username=username, password=password)
+    raise _refused(f"no Airflow credentials in {where}")
+
+
+def _detail(response: requests.Response) -> str:
+    """Airflow's own reason from an error response (FastAPI `detail`), else the raw body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, list):  # 422: pydantic errors
+        return "; ".join(
+            f"{'.'.join(str(p) for p in item.get('loc', []))}: {item.get('msg')}"
+            if isinstance(item, dict)
+            else str(item)
+            for item in detail
+        )
+    if isinstance(detail, dict):
+        return json.dumps(detail)
+    return str(detail)
+
+
+class AirflowApi:
+    """The few REST v2 calls this client needs, with a bearer token from /auth/token."""
+
+    def __init__(self, credentials: Credentials, request_timeout: float = REQUEST_TIMEOUT) -> None:
+        self.credentials = credentials
+        self.base = credentials.url
+        self.request_timeout = request_timeout
+        self.session = requests.Session()
+        self.session.headers["Accept"] = "application/json"
+        self._token = credentials.token
+
+    def login(self) -> None:
+        if self.credentials.token:
+            self._token = self.credentials.token
+            return
+        try:
+            response = self.session.post(
+                f"{self.base}/auth/token",
+                json={"username": self.credentials.username, "password": self.credentials.password},
+                timeout=self.request_timeout,
+            )
+        except requests.RequestException as error:
+            raise CiError(f"cannot reach Airflow at {self.base}: {error}", EXIT_UNREACHABLE) from None
+        if response.status_code not in (200, 201):
+            raise CiError(
+                f"Airflow refused the login of {self.credentials.username!r} "
+                f"(HTTP {response.status_code}: {_detail(response)})",
+                EXIT_UNREACHABLE,
+            )
+        self._token = response.json()["access_token"]
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One call; a 401 with a password at hand logs in again once (the token may have expired)."""
+        if self._token is None:
+            self.login()
+        for attempt in (1, 2):
+            try:
+                response = self.session.request(
+                    method,
+                    f"{self.base}{path}",
+                    headers={"Authorization": f"Bearer {self._token}"},
+                    timeout=self.request_timeout,
+                    **kwargs,
+                )
+            except requests.RequestException as error:
+                raise CiError(f"cannot reach Airflow at {self.base}: {error}", EXIT_UNREACHABLE) from None
+            if response.status_code == 401 and attempt == 1 and self.credentials.password:
+                self.login()
+                continue
+            break
+        if response.status_code == 401:
+            raise CiError(
+                f"Airflow refused the credentials (HTTP 401: {_detail(response)})", EXIT_UNREACHABLE
+            )
+        if response.status_code == 403:
+            raise CiError(
+                f"Airflow refused {method} {path}: the user may not do this (HTTP 403: {_detail(response)})",
+                EXIT_REFUSED,
+            )
+        return response
+
+    def get_json(self, path: str, **params: Any) -> Any:
+        response = self.request("GET", path, params=params or None)
+        if response.status_code != 200:
+            raise CiError(
+                f"GET {path} answered HTTP {response.status_code}: {_detail(response)}", EXIT_UNREACHABLE
+            )
+        return response.json()
+
+    # --- the calls -------------------------------------------------------------------------------
+
+    @staticmethod
+    def run_path(dag_id: str, run_id: str | None = None) -> str:
+        path = f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns"
+        return path if run_id is None else f"{path}/{quote(run_id, safe='')}"
+
+    def check_dag(self, dag_id: str) -> None:
+        """Refuses a DAG that does not exist or is paused: a run of it would never start."""
+        response = self.request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}")
+        if response.status_code == 404:
+            raise _refused(
+                f"DAG {dag_id} does not exist in Airflow at {self.base} "
+                "(not parsed yet, or an import error: see Browse > Import errors in the UI)"
+            )
+        if response.status_code != 200:
+            raise CiError(
+                f"GET DAG {dag_id}: HTTP {response.status_code}: {_detail(response)}", EXIT_UNREACHABLE
+            )
+        if response.json().get("is_paused"):
+            raise _refused(f"DAG {dag_id} is paused: a run would wait forever (unpause it in the UI first)")
+
+    def trigger(self, dag_id: str, conf: Mapping[str, Any], note: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"logical_date": None, "conf": dict(conf)}
+        if note:
+            body["note"] = note
+        response = self.request("POST", self.run_path(dag_id), json=body)
+        if response.status_code in (400, 409, 422):
+            raise _refused(f"Airflow refused the run of {dag_id}: {_detail(response)}")
+        if response.status_code not in (200, 201):
+            raise CiError(
+                f"triggering {dag_id} answered HTTP {response.status_code}: {_detail(response)}",
+                EXIT_UNREACHABLE,
+            )
+        return dict(response.json())
+
+    def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return dict(self.get_json(self.run_path(dag_id, run_id)))
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        while True:
+            page = self.get_json(
+                f"{self.run_path(dag_id, run_id)}/taskInstances", limit=100, offset=len(found)
+            )
+            found.extend(page["task_instances"])
+            if not page["task_instances"] or len(found) >= page["total_entries"]:
+                return found
+
+    def task_log(
+        self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1
+    ) -> list[str]:
+        """The lines of one try's log (GET .../taskInstances/{task_id}/logs/{try_number})."""
+        path = f"{self.run_path(dag_id, run_id)}/taskInstances/{quote(task_id, safe='')}/logs/{try_number}"
+        body = self.get_json(path, full_content="true", map_index=map_index)
+        return format_log_content(body.get("content") or [])
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        path = f"{self.run_path(dag_id, run_id)}/taskInstances/{quote(task_id, safe='')}/xcomEntries/{key}"
+        response = self.request("GET", path, params={"deserialize": "true"})
+        if response.status_code != 200:
+            return None
+        return response.json().get("value")
+
+
+def format_log_content(content: list[Any]) -> list[str]:
+    """Log lines from the API's content: structured messages (3.x task logs) or plain strings."""
+    lines: list[str] = []
+    for item in content:
+        if isinstance(item, str):
+            lines.extend(item.splitlines())
+            continue
+        if not isinstance(item, dict):
+            continue
+        event = str(item.get("event", ""))
+        if item.get("sources") is not None or event.startswith("::"):
+            continue  # where the log was read from, and UI folding markers
+        stamp = str(item.get("timestamp") or "")[11:19]
+        level = str(item.get("level") or "").upper()
+        text = " ".join(part for part in (stamp, level, event) if part)
+        error = item.get("error_detail")
+        lines.extend(text.splitlines() or [""])
+        if isinstance(error, list):
+            for detail in error:
+                if isinstance(detail, dict):
+                    lines.append(f"    {detail.get('exc_type', '')}: {detail.get('exc_value', '')}")
+    return lines
+
+
+# --- following a run ---------------------------------------------------------------------------------
+
+
+def _task_key(ti: Mapping[str, Any]) -> str:
+    index = ti.get("map_index", -1)
+    return str(ti["task_id"]) if index in (-1, None) else f"{ti['task_id']}[{index}]"
+
+
+def state_change_line(elapsed: float, task: str, old: str | None, new: str, try_number: int | None) -> str:
+    """One line per task state change: elapsed seconds, task, old -> new (and the try after the first)."""
+    retry = f" (try {try_number})" if try_number and try_number > 1 and new in ("running", "queued") else ""
+    return f"{elapsed:7.1f}s  {task:<40} {old or '-':>15} -> {new}{retry}"
+
+
+@dataclass
+class RunOutcome:
+    state: str
+    task_states: dict[str, str]
+    elapsed: float
+
+
+def follow_run(
+    api: AirflowApi,
+    dag_id: str,
+    run_id: str,
+    *,
+    timeout: float,
+    poll_interval: float = 2.0,
+    out: TextIO = sys.stdout,
+    clock: Callable[[], float] = time.monotonic,
+) -> RunOutcome:
+    """Polls the run until it finishes, printing each task's state change as it is seen.
+
+    Raises CiError(EXIT_TIMEOUT) when the run has not finished within `timeout` seconds.
+    """
+    started = clock()
+    seen: dict[str, str] = {}
+    errors = 0
+    run_state = "queued"
+    while True:
+        elapsed = clock() - started
+        try:
+            run = api.dag_run(dag_id, run_id)
+            tis = api.task_instances(dag_id, run_id)
+            errors = 0
+        except CiError as error:
+            if error.exit_code != EXIT_UNREACHABLE:
+                raise
+            errors += 1
+            if errors >= MAX_POLL_ERRORS:
+                raise
+            print(f"{elapsed:7.1f}s  (poll failed, retrying: {error})", file=out, flush=True)
+            time.sleep(poll_interval)
+            continue
+        for ti in sorted(tis, key=lambda t: (t.get("start_date") or "~", _task_key(t))):
+            state = ti.get("state")
+            key = _task_key(ti)
+            if state and seen.get(key) != state:
+                print(
+                    state_change_line(elapsed, key, seen.get(key), state, ti.get("try_number")),
+                    file=out,
+                    flush=True,
+                )
+                seen[key] = state
+        if run["state"] != run_state:
+            run_state = run["state"]
+            print(f"{elapsed:7.1f}s  run {run_id}: {run_state}", file=out, flush=True)
+        if run_state in FINISHED_RUN_STATES:
+            return RunOutcome(run_state, seen, elapsed)
+        if elapsed > timeout:
+            active = sorted(
+                k for k, s in seen.items() if s in ("running", "deferred", "queued", "up_for_retry")
+            )
+            raise CiError(
+                f"timed out after {timeout:.0f} s waiting for run {run_id} of {dag_id} to finish; "
+                f"it is {run_state}, waiting on: {', '.join(active) or 'the scheduler'}. "
+                "The run goes on in Airflow.",
+                EXIT_TIMEOUT,
+            )
+        time.sleep(poll_interval)
+
+
+def report_failure(
+    api: AirflowApi, dag_id: str, run_id: str, out: TextIO, tail: int = LOG_TAIL_LINES
+) -> list[str]:
+    """Names every failed task and prints the tail of its last try's log; returns the failed task ids."""
+    failed = [ti for ti in api.task_instances(dag_id, run_id) if ti.get("state") == "failed"]
+    failed.sort(key=lambda ti: ti.get("start_date") or "")
+    for ti in failed:
+        key = _task_key(ti)
+        try_number = int(ti.get("try_number") or 1)
+        print(f"\nFAILED: {key} (try {try_number}); last lines of its log:", file=out)
+        try:
+            lines = api.task_log(dag_id, run_id, ti["task_id"], try_number, ti.get("map_index", -1))
+        except CiError as error:
+            print(f"    (log unavailable: {error})", file=out)
+            continue
+        for line in lines[-tail:]:
+            print(f"    {line}", file=out)
+    if failed:
+        undo = api.xcom(dag_id, run_id, "undo_on_failure")
+        if undo:
+            print("\nundo_on_failure:", file=out)
+            for step in undo if isinstance(undo, list) else [undo]:
+                print(f"    - {step}", file=out)
+    return [_task_key(ti) for ti in failed]
+
+
+def run_and_follow(
+    api: AirflowApi,
+    dag_id: str,
+    conf: Mapping[str, Any],
+    *,
+    timeout: float,
+    poll_interval: float,
+    out: TextIO = sys.stdout,
+    note: str | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Trigger, follow, report. Returns (exit code, the summary task's result or {})."""
+    api.check_dag(dag_id)
+    run = api.trigger(dag_id, conf, note=note)
+    run_id = run["dag_run_id"]
+    print(f"triggered {dag_id} run {run_id} with {json.dumps(dict(conf), sort_keys=True)}", file=out)
+    print(f"follow it in the UI: {api.base}/dags/{quote(dag_id)}/runs/{quote(run_id)}", file=out, flush=True)
+    outcome = follow_run(api, dag_id, run_id, timeout=timeout, poll_interval=poll_interval, out=out)
+    if outcome.state != "success":
+        failed = report_failure(api, dag_id, run_id, out)
+        print(
+            f"\nrun {run_id} of {dag_id} {outcome.state} after {outcome.elapsed:.0f} s"
+            + (f"; failed: {', '.join(failed)}" if failed else ""),
+            file=out,
+        )
+        return EXIT_RUN_FAILED, {}
+    summary = api.xcom(dag_id, run_id, "summary") or {}
+    if isinstance(summary, dict) and summary.get("markdown"):
+        print("\n" + str(summary["markdown"]), file=out)
+    print(f"\nrun {run_id} of {dag_id} succeeded after {outcome.elapsed:.0f} s", file=out)
+    return EXIT_SUCCESS, summary if isinstance(summary, dict) else {}
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="immudeploy-ci",
+        description="Trigger an immutable deploy or rollback in Airflow and block until it finishes.",
+        epilog=__doc__.split("\n\n", 2)[2] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--app", required=True)
+    common.add_argument("--environment", required=True)
+    common.add_argument("--url", help=f"Airflow's address (default: ${ENV_URL})")
+    common.add_argument(
+        "--credentials-file",
+        help=f"JSON or INI ([airflow]) file with url, username/password or token; mode 600 (or ${ENV_CREDENTIALS_FILE})",
+    )
+    common.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds to wait for the run (default 3600)"
+    )
+    common.add_argument("--poll-interval", type=float, default=2.0, help="seconds between polls (default 2)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    deploy = commands.add_parser("deploy", parents=[common], help=f"run {DEPLOY_DAG_ID}")
+    deploy.add_argument("--version", required=True, help="release version, e.g. 2.0.0")
+    deploy.add_argument("--ami-id", help="deploy this image instead of baking")
+    deploy.add_argument("--git-sha", help="commit the release was built from")
+    rollback = commands.add_parser("rollback", parents=[common], help=f"run {ROLLBACK_DAG_ID}")
+    rollback.add_argument("--to-version", help="version to go back to (default: the one before the live one)")
+    return parser
+
+
+def conf_from_args(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    conf: dict[str, Any] = {"app": args.app, "environment": args.environment}
+    if args.command == "deploy":
+        conf["version"] = args.version
+        if args.ami_id:
+            conf["ami_id"] = args.ami_id
+        if args.git_sha:
+            conf["git_sha"] = args.git_sha
+        return DEPLOY_DAG_ID, conf
+    if args.to_version:
+        conf["to_version"] = args.to_version
+    return ROLLBACK_DAG_ID, conf
+
+
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    environ = os.environ if environ is None else environ
+    try:
+        credentials = resolve_credentials(args.url, args.credentials_file, environ)
+        dag_id, conf = conf_from_args(args)
+        api = AirflowApi(credentials)
+        code, _ = run_and_follow(
+            api,
+            dag_id,
+            conf,
+            timeout=args.timeout,
+            poll_interval=args.poll_interval,
+            note=f"immudeploy-ci {args.command}",
+        )
+        return code
+    except CiError as error:
+        print(f"immudeploy-ci: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("immudeploy-ci: interrupted; the run goes on in Airflow", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
