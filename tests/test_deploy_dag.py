@@ -167,7 +167,7 @@ class UnhealthyFor:
 
     def __init__(self, client: Any, autoscaling: Any, group_name: str) -> None:
         self._client = client
-        self._autoscaling = autoscaling
+        self.autoscaling = autoscaling
         self._group_name = group_name
 
     def __getattr__(self, name: str) -> Any:
@@ -185,8 +185,6 @@ class UnhealthyFor:
                 }
         return response
 
-    def describe_auto_scaling_groups(self, **kwargs: Any) -> dict[str, Any]:
-        return self._autoscaling.describe_auto_scaling_groups(**kwargs)
 
 
 def test_a_health_gate_failure_removes_the_new_group_while_the_old_one_serves(
@@ -211,7 +209,8 @@ def test_a_health_gate_failure_removes_the_new_group_while_the_old_one_serves(
         return client
 
     monkeypatch.setattr(trigger_waits, "build_client", build_client)
-    run = dag.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.1.0"})
+    # A freshly parsed DAG: operators keep their clients for the length of one task run.
+    run = load_dag("immutable_deploy").test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.1.0"})
 
     states = task_states(run)
     assert str(run.state) == "failed"

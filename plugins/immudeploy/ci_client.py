@@ -303,8 +303,13 @@ class AirflowApi:
 
 
 def format_log_content(content: list[Any]) -> list[str]:
-    """Log lines from the API's content: structured messages (3.x task logs) or plain strings."""
+    """Log lines from the API's content: structured messages (3.x task logs) or plain strings.
+
+    Drops the "Log message source details" group (which file the log was read from) and the UI's
+    folding markers; an exception is shown with its type, message and innermost frame.
+    """
     lines: list[str] = []
+    in_sources = False
     for item in content:
         if isinstance(item, str):
             lines.extend(item.splitlines())
@@ -312,17 +317,26 @@ def format_log_content(content: list[Any]) -> list[str]:
         if not isinstance(item, dict):
             continue
         event = str(item.get("event", ""))
-        if item.get("sources") is not None or event.startswith("::"):
-            continue  # where the log was read from, and UI folding markers
+        if event == "::group::Log message source details":
+            in_sources = True
+            continue
+        if event.startswith("::"):
+            in_sources = False
+            continue
+        if in_sources or item.get("sources") is not None:
+            continue
         stamp = str(item.get("timestamp") or "")[11:19]
         level = str(item.get("level") or "").upper()
         text = " ".join(part for part in (stamp, level, event) if part)
-        error = item.get("error_detail")
         lines.extend(text.splitlines() or [""])
-        if isinstance(error, list):
-            for detail in error:
-                if isinstance(detail, dict):
-                    lines.append(f"    {detail.get('exc_type', '')}: {detail.get('exc_value', '')}")
+        for error in item.get("error_detail") or []:
+            if not isinstance(error, dict):
+                continue
+            lines.append(f"    {error.get('exc_type', '')}: {error.get('exc_value', '')}")
+            frames = error.get("frames") or []
+            if frames and isinstance(frames[-1], dict):
+                frame = frames[-1]
+                lines.append(f"      at {frame.get('filename')}:{frame.get('lineno')} in {frame.get('name')}")
     return lines
 
 
@@ -354,13 +368,14 @@ def follow_run(
     *,
     timeout: float,
     poll_interval: float = 2.0,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> RunOutcome:
     """Polls the run until it finishes, printing each task's state change as it is seen.
 
     Raises CiError(EXIT_TIMEOUT) when the run has not finished within `timeout` seconds.
     """
+    out = out or sys.stdout
     started = clock()
     seen: dict[str, str] = {}
     errors = 0
@@ -441,10 +456,11 @@ def run_and_follow(
     *,
     timeout: float,
     poll_interval: float,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     note: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Trigger, follow, report. Returns (exit code, the summary task's result or {})."""
+    out = out or sys.stdout
     api.check_dag(dag_id)
     run = api.trigger(dag_id, conf, note=note)
     run_id = run["dag_run_id"]

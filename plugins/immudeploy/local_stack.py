@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,8 +52,9 @@ STATE_FILE = "stack.json"
 PASSWORDS_FILE = "passwords.json"
 # url, username and password for `immudeploy-ci --credentials-file`.
 CI_CREDENTIALS_FILE = "ci-credentials.json"
-# Every process `up` starts carries this variable (value: the stack's id); children inherit it,
-# so `down` finds a worker or a Packer run that left its parent's session.
+# Every process `up` starts carries this variable (value: the stack's id); children inherit it, so
+# `down` also finds a Packer run, which has a session of its own. Airflow's processes that set their
+# title (api-server, task supervisors) lose a readable environment: they are found by session.
 MARKER_VARIABLE = "IMMUDEPLOY_LOCAL_STACK"
 
 START_TIMEOUT = 240.0
@@ -188,29 +189,44 @@ def log_tail(path: str | Path, lines: int = 25) -> str:
     return "\n".join(f"    {line}" for line in text[-lines:])
 
 
+def _session_members(recorded: StackProcess) -> list[Any]:
+    """Processes in the session `up` started for this component (its leader's pid is the session id).
+
+    Linux does not reuse a pid while it is some process's session id, so members found while the
+    leader is gone are the leader's orphans; a live pid with another create time is a reused pid.
+    """
+    import psutil
+
+    if psutil.pid_exists(recorded.pid) and not _alive(recorded):
+        return []
+    members = []
+    for candidate in psutil.process_iter(["pid"]):
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getsid(candidate.pid) == recorded.pid and candidate.status() != psutil.STATUS_ZOMBIE:
+                members.append(candidate)
+    return members
+
+
 def _stack_processes(state: StackState) -> list[Any]:
-    """Every live process of the stack: the recorded ones, their descendants (whatever session),
-    and any process carrying the stack's marker variable."""
+    """Every live process of the stack: the recorded ones and their sessions, their descendants in
+    other sessions (Packer runs in its own), and processes carrying the stack's marker variable
+    (an orphan that left its session; processes that set their title lose their readable environ)."""
     import psutil
 
     found: dict[int, Any] = {}
     for recorded in state.processes:
-        if not _alive(recorded):
-            continue
-        leader = psutil.Process(recorded.pid)
-        found[leader.pid] = leader
-        with contextlib.suppress(psutil.Error):
-            for child in leader.children(recursive=True):
-                found[child.pid] = child
-        # Processes left in the leader's session after the leader died are found by the marker below.
+        for member in _session_members(recorded):
+            found[member.pid] = member
+        if _alive(recorded):
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(recorded.pid).children(recursive=True):
+                    found[child.pid] = child
     for candidate in psutil.process_iter(["pid"]):
         if candidate.pid in found or candidate.pid == os.getpid():
             continue
-        try:
+        with contextlib.suppress(psutil.Error):
             if candidate.environ().get(MARKER_VARIABLE) == state.stack_id:
                 found[candidate.pid] = candidate
-        except psutil.Error:
-            continue
     return list(found.values())
 
 
@@ -221,7 +237,7 @@ def stop_stack(state: StackState, grace: float = STOP_GRACE_SECONDS) -> list[str
 
     victims = _stack_processes(state)
     for recorded in reversed(state.processes):
-        if _alive(recorded):
+        if _session_members(recorded):
             # start_new_session made the pid the group id: the group holds its workers too.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(recorded.pid, signal.SIGTERM)
@@ -553,15 +569,30 @@ def start_stack(state_dir: Path, timeout: float) -> StackState:
         raise
 
 
+@contextlib.contextmanager
+def _starting(state_dir: Path) -> Iterator[None]:
+    """One `up` at a time per state directory."""
+    import fcntl
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with (state_dir / ".up.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StackError(f"another `immudeploy-local up` is starting the stack in {state_dir}") from None
+        yield
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
-    running = _running(state_dir)
-    if running is not None:
-        say(f"the stack in {state_dir} is already up (started {time.ctime(running.started_at)})")
-        print_access(running)
-        return EXIT_SUCCESS
     clock = time.monotonic()
-    state = start_stack(state_dir, args.timeout)
+    with _starting(state_dir):
+        running = _running(state_dir)
+        if running is not None:
+            say(f"the stack in {state_dir} is already up (started {time.ctime(running.started_at)})")
+            print_access(running)
+            return EXIT_SUCCESS
+        state = start_stack(state_dir, args.timeout)
     say(f"stack ready after {time.monotonic() - clock:.0f} s")
 
     from immudeploy.demo import seed_demo_network
@@ -634,14 +665,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    state_help = "where logs, config and state live (default .local/ in the repository)"
     parser = argparse.ArgumentParser(prog="immudeploy-local", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--state-dir",
-        default=str(default_state_dir()),
-        help="where logs, config and state live (default .local/)",
-    )
+    parser.add_argument("--state-dir", default=str(default_state_dir()), help=state_help)
+    # Also after the subcommand (`scripts/demo --state-dir X` runs `up --state-dir X`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", default=argparse.SUPPRESS, help=state_help)
     commands = parser.add_subparsers(dest="command", required=True)
-    up = commands.add_parser("up", help="start the stack and run a deploy through the REST API")
+    up = commands.add_parser(
+        "up", parents=[common], help="start the stack and run a deploy through the REST API"
+    )
     up.add_argument(
         "--version",
         default=NEW_VERSION,
@@ -649,9 +682,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--timeout", type=float, default=START_TIMEOUT, help="seconds for each start-up wait")
     up.add_argument("--deploy-timeout", type=float, default=DEPLOY_TIMEOUT, help="seconds for each deploy")
-    down = commands.add_parser("down", help="stop every process the stack started")
+    down = commands.add_parser("down", parents=[common], help="stop every process the stack started")
     down.add_argument("--grace", type=float, default=STOP_GRACE_SECONDS, help="seconds before SIGKILL")
-    commands.add_parser("status", help="what runs, and where")
+    commands.add_parser("status", parents=[common], help="what runs, and where")
     return parser
 
 

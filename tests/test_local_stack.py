@@ -1,0 +1,268 @@
+"""The local stack end to end: `immudeploy-local up` (real components, a real deploy over REST), the REST
+API's refusals, `immudeploy-ci` against it, and `down` leaving no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+DAG_RUNS = "/api/v2/dags/immutable_deploy/dagRuns"
+UP_TIMEOUT = 900
+CI_TIMEOUT = 600
+
+
+@dataclass
+class RunningStack:
+    state_dir: Path
+    up_returncode: int
+    up_output: str
+    up_seconds: float
+    api_url: str
+    moto_url: str
+    passwords: dict[str, str]
+
+    def token(self, user: str) -> str:
+        response = requests.post(
+            f"{self.api_url}/auth/token",
+            json={"username": user, "password": self.passwords[user]},
+            timeout=30,
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["access_token"])
+
+    def headers(self, user: str = "deployer") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user)}"}
+
+    def run_count(self) -> int:
+        response = requests.get(f"{self.api_url}{DAG_RUNS}", headers=self.headers(), timeout=30)
+        response.raise_for_status()
+        return int(response.json()["total_entries"])
+
+    def ci_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IMMUDEPLOY_AIRFLOW_")}
+        env.update(
+            IMMUDEPLOY_AIRFLOW_URL=self.api_url,
+            IMMUDEPLOY_AIRFLOW_USERNAME="deployer",
+            IMMUDEPLOY_AIRFLOW_PASSWORD=self.passwords["deployer"],
+        )
+        return env
+
+
+def local(state_dir: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "immudeploy-local"), "--state-dir", str(state_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def ci(stack: RunningStack, *args: str) -> tuple[int, str, float]:
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(BIN / "immudeploy-ci"), *args, "--poll-interval", "1"],
+        capture_output=True,
+        text=True,
+        timeout=CI_TIMEOUT,
+        check=False,
+        env=stack.ci_env(),
+        stdin=subprocess.DEVNULL,
+    )
+    seconds = time.monotonic() - started
+    output = result.stdout + result.stderr
+    print(f"\n$ immudeploy-ci {' '.join(args)}  -> exit {result.returncode} in {seconds:.0f} s\n{output}")
+    return result.returncode, output, seconds
+
+
+def stack_processes(state_dir: Path, recorded: list[dict[str, Any]]) -> list[str]:
+    """Live processes of the stack: a recorded pid (same create time), any process in a recorded
+    session, and anything carrying the stack's marker variable."""
+    import psutil
+
+    from immudeploy.local_stack import MARKER_VARIABLE
+
+    alive = []
+    sessions = set()
+    for process in recorded:
+        try:
+            found = psutil.Process(process["pid"])
+            if (
+                abs(found.create_time() - process["create_time"]) < 1
+                and found.status() != psutil.STATUS_ZOMBIE
+            ):
+                alive.append(f"{process['name']} pid {process['pid']}")
+                sessions.add(process["pid"])
+        except psutil.NoSuchProcess:
+            sessions.add(process["pid"])  # the leader is gone; its session id cannot be reused yet
+    for candidate in psutil.process_iter(["pid"]):
+        try:
+            if candidate.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if os.getsid(candidate.pid) in sessions or candidate.environ().get(
+                MARKER_VARIABLE, ""
+            ).startswith(f"{state_dir}#"):
+                alive.append(f"pid {candidate.pid}: {' '.join(candidate.cmdline()[:4])}")
+        except (OSError, psutil.Error):
+            continue
+    return alive
+
+
+_STACK: RunningStack | None = None
+
+
+@pytest.fixture(scope="session")
+def local_stack(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[RunningStack]:
+    """One stack per test session (test_ui.py uses it too), stopped at the end whatever happened."""
+    global _STACK
+    if _STACK is not None:
+        yield _STACK
+        return
+    state_dir = tmp_path_factory.mktemp("local-stack")
+    recorded: list[dict[str, Any]] = []
+
+    def stop() -> None:
+        global _STACK
+        _STACK = None
+        state_file = state_dir / "stack.json"
+        if state_file.exists():
+            recorded[:] = json.loads(state_file.read_text())["processes"]
+        started = time.monotonic()
+        result = local(state_dir, "down", timeout=180)
+        print(f"\n$ immudeploy-local down -> exit {result.returncode} in {time.monotonic() - started:.1f} s")
+        print(result.stdout + result.stderr)
+        assert result.returncode == 0
+        assert not state_file.exists()
+        left = stack_processes(state_dir, recorded)
+        assert not left, f"processes of the stack still run after down: {left}"
+
+    request.addfinalizer(stop)
+    started = time.monotonic()
+    try:
+        result = local(state_dir, "up", timeout=UP_TIMEOUT)
+        returncode, output = result.returncode, result.stdout + result.stderr
+    except subprocess.TimeoutExpired as expired:
+        returncode, output = -1, f"{expired.stdout or ''}{expired.stderr or ''}\n(up timed out)"
+    seconds = time.monotonic() - started
+    print(f"\n$ immudeploy-local up -> exit {returncode} in {seconds:.0f} s\n{output}")
+    state_file = state_dir / "stack.json"
+    if not state_file.exists():
+        pytest.fail(f"immudeploy-local up left no running stack (exit {returncode}):\n{output}")
+    state = json.loads(state_file.read_text())
+    recorded[:] = state["processes"]
+    _STACK = RunningStack(
+        state_dir=state_dir,
+        up_returncode=returncode,
+        up_output=output,
+        up_seconds=seconds,
+        api_url=state["api_url"],
+        moto_url=state["moto_url"],
+        passwords=json.loads((state_dir / "passwords.json").read_text()),
+    )
+    yield _STACK
+
+
+def test_up_deploys_v2_over_the_rest_api(local_stack: RunningStack) -> None:
+    output = local_stack.up_output
+    assert local_stack.up_returncode == 0, output
+    assert "server group: shop-prod-v001 -> shop-prod-v002" in output
+    assert "shop/prod now runs 2.0.0" in output
+    assert "bake.bake_image" in output and "running -> success" in output
+    assert f"UI:       {local_stack.api_url}/dags/immutable_deploy" in output
+    passwords = local_stack.state_dir / "passwords.json"
+    assert f"user deployer, password in {passwords}" in output
+    assert stat.S_IMODE(passwords.stat().st_mode) == 0o600
+    assert stat.S_IMODE((local_stack.state_dir / "airflow" / "airflow.cfg").stat().st_mode) == 0o600
+    print(f"up took {local_stack.up_seconds:.0f} s")
+
+
+def test_up_again_reuses_the_running_stack(local_stack: RunningStack) -> None:
+    before = json.loads((local_stack.state_dir / "stack.json").read_text())
+    result = local(local_stack.state_dir, "up", timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is already up" in result.stdout
+    assert json.loads((local_stack.state_dir / "stack.json").read_text()) == before
+    status = local(local_stack.state_dir, "status", timeout=60)
+    assert status.returncode == 0, status.stdout
+    assert "scheduler healthy" in status.stdout and "shop-prod-v002" in status.stdout
+
+
+def test_invalid_conf_gets_400_naming_the_field_and_no_run(local_stack: RunningStack) -> None:
+    before = local_stack.run_count()
+    response = requests.post(
+        f"{local_stack.api_url}{DAG_RUNS}",
+        json={
+            "logical_date": None,
+            "conf": {"app": "shop", "environment": "prod", "version": "1.0; rm -rf /"},
+        },
+        headers=local_stack.headers(),
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    assert "param version" in response.json()["detail"]
+    assert local_stack.run_count() == before
+
+
+def test_viewer_cannot_trigger(local_stack: RunningStack) -> None:
+    before = local_stack.run_count()
+    response = requests.post(
+        f"{local_stack.api_url}{DAG_RUNS}",
+        json={"logical_date": None, "conf": {"app": "shop", "environment": "prod", "version": "9.9.9"}},
+        headers=local_stack.headers("viewer"),
+        timeout=30,
+    )
+    assert response.status_code == 403, response.text
+    assert local_stack.run_count() == before
+
+
+def test_ci_client_deploys_3_0_0(local_stack: RunningStack) -> None:
+    code, output, _ = ci(
+        local_stack, "deploy", "--app", "shop", "--environment", "prod", "--version", "3.0.0"
+    )
+    assert code == 0, output
+    assert "launch.launch_fleet" in output and "-> success" in output
+    assert "server group: `shop-prod-v003` (2 instances), replacing `shop-prod-v002`" in output
+    assert "run manual__" in output and "succeeded after" in output
+
+
+def test_ci_client_failed_deploy_names_the_task_and_its_log(local_stack: RunningStack) -> None:
+    code, output, _ = ci(
+        local_stack,
+        "deploy",
+        "--app",
+        "shop",
+        "--environment",
+        "prod",
+        "--version",
+        "3.1.0",
+        "--ami-id",
+        "ami-00000000000000000",
+    )
+    assert code == 1, output
+    # The plan checks the given image before anything changes: `prepare` fails with InvalidInput.
+    assert "FAILED: prepare" in output
+    assert "InvalidInput: ami_id: image ami-00000000000000000 does not exist" in output
+    assert "failed: prepare" in output
+
+
+def test_ci_client_rolls_back_to_the_kept_group(local_stack: RunningStack) -> None:
+    code, output, _ = ci(local_stack, "rollback", "--app", "shop", "--environment", "prod")
+    assert code == 0, output
+    assert "now runs 2.0.0" in output and "shop-prod-v002" in output
