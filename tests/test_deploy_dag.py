@@ -186,7 +186,6 @@ class UnhealthyFor:
         return response
 
 
-
 def test_a_health_gate_failure_removes_the_new_group_while_the_old_one_serves(
     airflow_db, aws, demo_network, fleet_clients, tmp_path, monkeypatch
 ) -> None:
@@ -210,7 +209,9 @@ def test_a_health_gate_failure_removes_the_new_group_while_the_old_one_serves(
 
     monkeypatch.setattr(trigger_waits, "build_client", build_client)
     # A freshly parsed DAG: operators keep their clients for the length of one task run.
-    run = load_dag("immutable_deploy").test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.1.0"})
+    run = load_dag("immutable_deploy").test(
+        run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.1.0"}
+    )
 
     states = task_states(run)
     assert str(run.state) == "failed"
@@ -362,3 +363,64 @@ def test_a_second_run_for_the_same_target_waits_and_names_the_holder(
         str(dag.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.0.0"}).state)
         == "success"
     )
+
+
+def _register_base_image(ec2: Any, name: str) -> str:
+    """A new base image release, EBS-backed as Packer requires.
+
+    moto registers every new image with root device type "standard"; the moto server runs in this
+    process, so its record is corrected directly: a state moto cannot produce through its API.
+    """
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+
+    image_id = ec2.copy_image(SourceImageId="ami-785db401", SourceRegion="us-east-1", Name=name)["ImageId"]
+    ec2_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].amis[image_id].root_device_type = "ebs"
+    return image_id
+
+
+def test_nightly_rebuild_rebakes_the_live_version_on_the_newest_base_image(
+    airflow_db, aws, demo_network, fleet_clients, tmp_path, monkeypatch
+) -> None:
+    import time as clock
+    from datetime import UTC, datetime
+
+    from immudeploy.aws import AwsClients
+    from immudeploy.config import load_config
+    from immudeploy.pipeline import nightly_targets
+
+    first_base = _register_base_image(fleet_clients.ec2, "shopbase-2026-10")
+    config = write_config(tmp_path, monkeypatch)
+    data = yaml.safe_load(config.read_text())
+    data["apps"][APP]["base_image"] = {"name_pattern": "shopbase-*", "owners": ["self"]}
+    config.write_text(yaml.safe_dump(data))
+    dag = load_dag("immutable_deploy")
+    assert (
+        str(dag.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.0.0"}).state)
+        == "success"
+    )
+
+    clock.sleep(1.1)  # moto's image creation dates have one-second resolution
+    newer_base = _register_base_image(fleet_clients.ec2, "shopbase-2026-11")
+    assert newer_base != first_base
+
+    # What the nightly DAG plans: due at 03:00 (the configured schedule), not at 04:00.
+    clients = AwsClients()
+    assert nightly_targets(clients, load_config(), datetime(2026, 11, 27, 4, 0, tzinfo=UTC)) == []
+    tonight = nightly_targets(clients, load_config(), datetime(2026, 11, 27, 3, 0, tzinfo=UTC))
+    assert tonight == [{"app": APP, "environment": ENVIRONMENT, "version": "1.0.0"}]
+
+    # ... and what each of its triggered runs does.
+    run = load_dag("immutable_deploy").test(run_conf=tonight[0])
+    assert str(run.state) == "success", task_states(run)
+    serving = serving_groups(fleet_clients, demo_network.target_group_arn)
+    assert list(serving) == ["shop-prod-v002"]
+    group = fleet_clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["shop-prod-v002"])[
+        "AutoScalingGroups"
+    ][0]
+    assert from_aws_tags(group["Tags"])["immutable:version"] == "1.0.0"
+    image_id = fleet_clients.ec2.describe_instances(InstanceIds=[group["Instances"][0]["InstanceId"]])[
+        "Reservations"
+    ][0]["Instances"][0]["ImageId"]
+    image = fleet_clients.ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    assert from_aws_tags(image["Tags"])["immutable:base-image"] == newer_base

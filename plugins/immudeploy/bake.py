@@ -132,7 +132,8 @@ def resolve_base_image(ec2: Any, base: BaseImage) -> str:
     images = ec2.describe_images(**kwargs).get("Images", [])
     if not images:
         raise InvalidInput("base_image.name_pattern", f"no available image matches {base.name_pattern!r}")
-    newest = max(images, key=lambda image: image.get("CreationDate", ""))
+    # Ties in creation date (one-second resolution) go to the later name: families put dates in names.
+    newest = max(images, key=lambda image: (image.get("CreationDate", ""), image.get("Name", "")))
     return newest["ImageId"]
 
 
