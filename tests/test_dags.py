@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def test_deploy_dag_reads_like_the_release(dagbag) -> None:
         "teardown.retire_old_fleets",
         "summary",
     ]
-    for earlier, later in zip(order, order[1:], strict=False):
+    for earlier, later in itertools.pairwise(order):
         assert later in dag.get_task(earlier).get_flat_relative_ids(upstream=False), (earlier, later)
     assert set(dag.params.keys()) == {"app", "environment", "version", "ami_id", "git_sha"}
     for name, param in dag.params.items():
