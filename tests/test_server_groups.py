@@ -155,7 +155,7 @@ def test_launch_template_requires_imdsv2_and_writes_release_env(
 ) -> None:
     # "+" is fine in a version and in user data, but not in an SSM parameter name.
     spec = replace(
-        _spec(demo_network, "2.0.0-rc.1+build.7", "run-1"), ssm_config_path="/immutable/shop/prod/2.0.0-rc.1"
+        _spec(demo_network, "2.0.0-rc.1_build.7", "run-1"), ssm_config_path="/immutable/shop/prod/2.0.0-rc.1"
     )
     group = launch_server_group(fleet_clients, spec)
 
@@ -169,7 +169,7 @@ def test_launch_template_requires_imdsv2_and_writes_release_env(
         "LaunchTemplates"
     ][0]
     template_tags = {t["Key"]: t["Value"] for t in template["Tags"]}
-    assert template_tags[TAG_VERSION] == "2.0.0-rc.1+build.7" and template_tags[TAG_DEPLOY_ID] == "run-1"
+    assert template_tags[TAG_VERSION] == "2.0.0-rc.1_build.7" and template_tags[TAG_DEPLOY_ID] == "run-1"
 
     # Run the user data for real, pointed at a scratch directory, and source what it wrote.
     script = base64.b64decode(data["UserData"]).decode()
@@ -183,10 +183,10 @@ def test_launch_template_requires_imdsv2_and_writes_release_env(
     assert {
         "IMMUTABLE_APP=shop",
         "IMMUTABLE_ENVIRONMENT=prod",
-        "IMMUTABLE_VERSION=2.0.0-rc.1+build.7",
+        "IMMUTABLE_VERSION=2.0.0-rc.1_build.7",
         "IMMUTABLE_SERVER_GROUP=shop-prod-v001",
         "IMMUTABLE_SSM_PATH=/immutable/shop/prod/2.0.0-rc.1",
-        "IMMUTABLE_CACHE_PREFIX=shop/prod/2.0.0-rc.1+build.7",
+        "IMMUTABLE_CACHE_PREFIX=shop/prod/2.0.0-rc.1_build.7",
     } <= set(sourced)
     assert not os.path.exists(f"{env_file}.tmp")
 

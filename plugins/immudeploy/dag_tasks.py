@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -103,6 +105,19 @@ def _holder() -> Any:
 
     context = get_current_context()
     return LockHolder(context["dag"].dag_id, context["run_id"])
+
+
+@contextmanager
+def _bad_input_fails_at_once() -> Iterator[None]:
+    """Bad conf or configuration is not fixed by a retry: fail the task without retrying."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from immudeploy.errors import InvalidInput
+
+    try:
+        yield
+    except InvalidInput as error:
+        raise AirflowFailException(f"Invalid input: {error}") from error
 
 
 def _plan_under_lock(app: str, environment: str, make_plan: Any) -> dict[str, Any]:
@@ -217,8 +232,8 @@ def bake_phase(plan: Any) -> Any:
 
 
 @task.short_circuit(ignore_downstream_trigger_rules=False)
-def staging_configured(plan: dict[str, Any]) -> bool:
-    """Skips the staging tasks for an environment without a staging section."""
+def staging_configured(plan: dict[str, Any], image_id: str) -> bool:
+    """Skips the staging tasks for an environment without a staging section (after the bake)."""
     _phase_started()
     return plan["staging"] is not None
 
@@ -263,16 +278,18 @@ def run_staging_tests(plan: dict[str, Any], instance_ids: list[str]) -> dict[str
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
-def teardown_staging(plan: dict[str, Any]) -> list[str]:
+def teardown_staging(plan: dict[str, Any] | None) -> list[str]:
     """Always deletes the staging group this run made, whether the tests passed or not."""
     from immudeploy.pipeline import teardown_staging as teardown
 
+    if not plan:  # the run failed before it planned anything
+        return []
     return teardown(_clients(), _plan(plan))
 
 
 def staging_phase(plan: Any, image_id: Any) -> tuple[list[Any], Any]:
     with TaskGroup("staging", tooltip="A staging group from the image and the test suite against it"):
-        configured = staging_configured(plan)
+        configured = staging_configured(plan, image_id)
         launched = launch_staging(plan, image_id)
         in_service = WaitForInServiceOperator(
             task_id="wait_in_service",
