@@ -36,6 +36,16 @@ def write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: A
     return path
 
 
+def run_dag(dag_id: str, **conf: Any) -> Any:
+    """One run of a freshly parsed DAG (operators keep their clients only for one task run)."""
+    return load_dag(dag_id).test(run_conf={"app": APP, "environment": ENVIRONMENT, **conf})
+
+
+def deployed(version: str) -> None:
+    run = run_dag("immutable_deploy", version=version)
+    assert str(run.state) == "success", task_states(run)
+
+
 def task_states(run: Any) -> dict[str, str]:
     return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 
@@ -121,11 +131,7 @@ def test_a_failing_staging_test_leaves_the_live_group_untouched_and_nothing_leak
     airflow_db, aws, demo_network, fleet_clients, tmp_path, monkeypatch
 ) -> None:
     write_config(tmp_path, monkeypatch)
-    dag = load_dag("immutable_deploy")
-    assert (
-        str(dag.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.0.0"}).state)
-        == "success"
-    )
+    deployed("1.0.0")
     live_before = group_instances(fleet_clients, "shop-prod-v001")
 
     write_config(
@@ -137,9 +143,7 @@ def test_a_failing_staging_test_leaves_the_live_group_untouched_and_nothing_leak
             "test_command": ["python", "-c", "import sys; print('3 tests failed'); sys.exit(3)"],
         },
     )
-    run = load_dag("immutable_deploy").test(
-        run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.1.0"}
-    )
+    run = run_dag("immutable_deploy", version="1.1.0")
 
     states = task_states(run)
     assert str(run.state) == "failed"
@@ -190,11 +194,7 @@ def test_a_health_gate_failure_removes_the_new_group_while_the_old_one_serves(
     airflow_db, aws, demo_network, fleet_clients, tmp_path, monkeypatch
 ) -> None:
     write_config(tmp_path, monkeypatch)
-    dag = load_dag("immutable_deploy")
-    assert (
-        str(dag.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.0.0"}).state)
-        == "success"
-    )
+    deployed("1.0.0")
     live = group_instances(fleet_clients, "shop-prod-v001")
 
     from immudeploy.triggers import waits as trigger_waits
@@ -209,9 +209,7 @@ def test_a_health_gate_failure_removes_the_new_group_while_the_old_one_serves(
 
     monkeypatch.setattr(trigger_waits, "build_client", build_client)
     # A freshly parsed DAG: operators keep their clients for the length of one task run.
-    run = load_dag("immutable_deploy").test(
-        run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.1.0"}
-    )
+    run = run_dag("immutable_deploy", version="1.1.0")
 
     states = task_states(run)
     assert str(run.state) == "failed"
@@ -226,11 +224,7 @@ def test_a_failure_in_the_observation_window_swaps_back(
     airflow_db, aws, demo_network, fleet_clients, tmp_path, monkeypatch
 ) -> None:
     write_config(tmp_path, monkeypatch)
-    dag = load_dag("immutable_deploy")
-    assert (
-        str(dag.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.0.0"}).state)
-        == "success"
-    )
+    deployed("1.0.0")
     live = group_instances(fleet_clients, "shop-prod-v001")
 
     cloudwatch = aws.client("cloudwatch")
@@ -249,9 +243,7 @@ def test_a_failure_in_the_observation_window_swaps_back(
     )
     write_config(tmp_path, monkeypatch, observation_minutes=0.05, alarms=["shop-prod-5xx"])
 
-    run = load_dag("immutable_deploy").test(
-        run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.1.0"}
-    )
+    run = run_dag("immutable_deploy", version="1.1.0")
 
     states = task_states(run)
     assert str(run.state) == "failed"
@@ -266,18 +258,14 @@ def test_rollback_swaps_back_to_the_kept_group_and_retires_the_bad_one(
     airflow_db, aws, demo_network, fleet_clients, tmp_path, monkeypatch
 ) -> None:
     write_config(tmp_path, monkeypatch)  # keep_old_groups: 1
-    deploy = load_dag("immutable_deploy")
     for version in ("1.0.0", "1.1.0"):
-        assert (
-            str(deploy.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": version}).state)
-            == "success"
-        )
+        deployed(version)
     kept = group_instances(fleet_clients, "shop-prod-v001")
     assert registered_targets(fleet_clients, demo_network.target_group_arn) == group_instances(
         fleet_clients, "shop-prod-v002"
     )
 
-    run = load_dag("immutable_rollback").test(run_conf={"app": APP, "environment": ENVIRONMENT})
+    run = run_dag("immutable_rollback")
 
     assert str(run.state) == "success", task_states(run)
     assert group_names(fleet_clients) == {"shop-prod-v001"}
@@ -289,19 +277,15 @@ def test_rollback_without_a_kept_group_redeploys_the_previous_image_without_reba
     airflow_db, aws, demo_network, fleet_clients, tmp_path, monkeypatch
 ) -> None:
     write_config(tmp_path, monkeypatch, keep_old_groups=0)
-    deploy = load_dag("immutable_deploy")
     for version in ("1.0.0", "1.1.0"):
-        assert (
-            str(deploy.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": version}).state)
-            == "success"
-        )
+        deployed(version)
     assert group_names(fleet_clients) == {"shop-prod-v002"}
     images_before = fleet_clients.ec2.describe_images(Owners=["self"])["Images"]
     v1_image = next(
         i["ImageId"] for i in images_before if from_aws_tags(i["Tags"]).get("immutable:version") == "1.0.0"
     )
 
-    run = load_dag("immutable_rollback").test(run_conf={"app": APP, "environment": ENVIRONMENT})
+    run = run_dag("immutable_rollback")
 
     assert str(run.state) == "success", task_states(run)
     assert group_names(fleet_clients) == {"shop-prod-v003"}
@@ -359,10 +343,7 @@ def test_a_second_run_for_the_same_target_waits_and_names_the_holder(
     # The holder's lock is still there: the blocked run did not release someone else's lock.
     assert release_lock(fleet_clients.ssm, APP, ENVIRONMENT, other)
 
-    assert (
-        str(dag.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.0.0"}).state)
-        == "success"
-    )
+    deployed("1.0.0")
 
 
 def _register_base_image(ec2: Any, name: str) -> str:
@@ -394,11 +375,7 @@ def test_nightly_rebuild_rebakes_the_live_version_on_the_newest_base_image(
     data = yaml.safe_load(config.read_text())
     data["apps"][APP]["base_image"] = {"name_pattern": "shopbase-*", "owners": ["self"]}
     config.write_text(yaml.safe_dump(data))
-    dag = load_dag("immutable_deploy")
-    assert (
-        str(dag.test(run_conf={"app": APP, "environment": ENVIRONMENT, "version": "1.0.0"}).state)
-        == "success"
-    )
+    deployed("1.0.0")
 
     clock.sleep(1.1)  # moto's image creation dates have one-second resolution
     newer_base = _register_base_image(fleet_clients.ec2, "shopbase-2026-11")

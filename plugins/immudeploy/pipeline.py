@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import sys
 import time
 from collections.abc import Mapping
@@ -215,24 +214,44 @@ def require_image(ec2: Any, image_id: str, app: str, field_name: str) -> dict[st
 # --- staging -------------------------------------------------------------------------------------
 
 
-def launch_staging(clients: Any, plan: DeployPlan, image_id: str) -> dict[str, Any] | None:
-    if plan.staging is None:
-        return None
-    staging = plan.staging
-    spec = sg.LaunchSpec(
+def _launch_spec(
+    plan: DeployPlan,
+    image_id: str,
+    *,
+    environment: str,
+    subnet_ids: list[str],
+    target_group_arns: list[str],
+    capacity: sg.Capacity,
+) -> sg.LaunchSpec:
+    """A group of this run's release; every group a run launches is tagged with its deploy id."""
+    return sg.LaunchSpec(
         app=plan.app,
-        environment=staging_environment(plan.environment),
+        environment=environment,
         version=plan.version,
         image_id=image_id,
         deploy_id=plan.deploy_id,
         instance_type=plan.instance_type,
-        subnet_ids=staging.subnet_ids,
+        subnet_ids=subnet_ids,
         security_group_ids=plan.security_group_ids,
+        target_group_arns=target_group_arns,
+        capacity=capacity,
+        ssm_config_path=release_path(plan),
+        cache_key_prefix=_cache_prefix(plan),
+    )
+
+
+def launch_staging(clients: Any, plan: DeployPlan, image_id: str) -> dict[str, Any] | None:
+    if plan.staging is None:
+        return None
+    staging = plan.staging
+    spec = _launch_spec(
+        plan,
+        image_id,
+        environment=staging_environment(plan.environment),
+        subnet_ids=staging.subnet_ids,
         # Registered in the staging target group only: production traffic never reaches it.
         target_group_arns=[staging.target_group_arn],
         capacity=sg.Capacity(staging.capacity, staging.capacity, staging.capacity),
-        ssm_config_path=release_path(plan),
-        cache_key_prefix=_cache_prefix(plan),
     )
     return sg.launch_server_group(clients, spec).to_xcom()
 
@@ -290,23 +309,16 @@ def launch_fleet(clients: Any, plan: DeployPlan, image_id: str) -> dict[str, Any
     if live is not None and sg.describe_server_group(clients, live.name) is not None:
         # Nothing may scale the old fleet in while the new one comes up (no race on its size).
         sg.pin_capacity(clients, live.name, live.capacity)
-    spec = sg.LaunchSpec(
-        app=plan.app,
+    # Not in the load balancer yet: the cutover attaches it once it is InService.
+    spec = _launch_spec(
+        plan,
+        image_id,
         environment=plan.environment,
-        version=plan.version,
-        image_id=image_id,
-        deploy_id=plan.deploy_id,
-        instance_type=plan.instance_type,
         subnet_ids=plan.subnet_ids,
-        security_group_ids=plan.security_group_ids,
         target_group_arns=[],
         capacity=capacity.pinned(),
-        ssm_config_path=release_path(plan),
-        cache_key_prefix=_cache_prefix(plan),
-        health_check_grace_period=0,
     )
-    group = sg.launch_server_group(clients, spec)
-    return group.to_xcom()
+    return sg.launch_server_group(clients, spec).to_xcom()
 
 
 def attach_fleet(clients: Any, plan: DeployPlan, group_name: str) -> dict[str, Any]:
@@ -585,9 +597,6 @@ def phase_durations(starts: Mapping[str, float | None], finished_at: float | Non
         stop = ordered[index + 1][1] if index + 1 < len(ordered) else end
         result[phase] = round(max(stop - start, 0.0), 1)
     return result
-
-
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 # --- nightly -----------------------------------------------------------------------------------
