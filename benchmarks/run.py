@@ -468,15 +468,15 @@ def bench_swap(moto: MotoServer, sizes: list[int], repeats: int) -> list[str]:
             by_service.setdefault(api.split(".")[0], Counter())[api.split(".")[1]] += count
     out.append(f"   API calls of the N={largest} swap by operation:")
     for service in sorted(by_service):
-        ops = ", ".join(f"{op} {n}" for op, n in by_service[service].most_common())
-        out.extend(
-            textwrap.wrap(
-                f"{service} ({sum(by_service[service].values())}): {ops}",
-                width=104,
-                initial_indent="     ",
-                subsequent_indent="       ",
-            )
-        )
+        items = [f"{op} {n}" for op, n in by_service[service].most_common()]
+        line = f"     {service} ({sum(by_service[service].values())}): "
+        for index, item in enumerate(items):
+            piece = item + ("," if index < len(items) - 1 else "")
+            if len(line) + len(piece) > 104 and not line.endswith(": "):
+                out.append(line.rstrip())
+                line = "       "
+            line += piece + " "
+        out.append(line.rstrip())
     return out
 
 
