@@ -6,8 +6,8 @@ from airflow.sdk import DAG
 
 from immudeploy.dag_tasks import (
     DEFAULT_ARGS,
-    DEPLOY_PARAMS,
     bake_phase,
+    deploy_params,
     launch_fleet,
     prepare,
     publish_config,
@@ -22,7 +22,7 @@ with DAG(
     dag_id="immutable_deploy",
     schedule=None,
     default_args=DEFAULT_ARGS,
-    params=DEPLOY_PARAMS,
+    params=deploy_params(),
     tags=["immutable", "deploy"],
     is_paused_upon_creation=False,
     max_active_runs=8,

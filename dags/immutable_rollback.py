@@ -6,10 +6,10 @@ from airflow.sdk import DAG
 
 from immudeploy.dag_tasks import (
     DEFAULT_ARGS,
-    ROLLBACK_PARAMS,
     bring_up_rollback_fleet,
     prepare_rollback,
     release_lock,
+    rollback_params,
     summary,
     swap_phases,
     undo_on_failure,
@@ -19,7 +19,7 @@ with DAG(
     dag_id="immutable_rollback",
     schedule=None,
     default_args=DEFAULT_ARGS,
-    params=ROLLBACK_PARAMS,
+    params=rollback_params(),
     tags=["immutable", "rollback"],
     is_paused_upon_creation=False,
     doc_md=__doc__

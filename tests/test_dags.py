@@ -69,6 +69,9 @@ def test_deploy_dag_reads_like_the_release(dagbag) -> None:
     assert set(dag.params.keys()) == {"app", "environment", "version", "ami_id", "git_sha"}
     for name, param in dag.params.items():
         assert param.description, name
+    # The trigger form offers the configured apps and environments as choices.
+    assert dag.params.get_param("app").schema["enum"] == ["shop"]
+    assert dag.params.get_param("environment").schema["enum"] == ["prod"]
     assert dag.get_task("undo_on_failure").trigger_rule == "one_failed"
     assert dag.get_task("release_lock").is_teardown
 

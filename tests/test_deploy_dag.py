@@ -100,6 +100,28 @@ def test_first_deploy_then_second_deploy_replaces_v001_with_v002(deploy, fleet_c
     assert names == {"shop-prod-v001", "shop-prod-v002"}
     # No staging group is left behind.
     assert not [n for n in names if "stg" in n]
+    # The tasks link to the AWS console: the image, the new Auto Scaling group, the target group.
+    assert "ImageDetails:imageId=ami-" in stored_link(second, "bake.bake_image", "AWS Image")
+    assert "AutoScalingGroupDetails:id=shop-prod-v002" in stored_link(
+        second, "launch.wait_in_service", "Auto Scaling Group"
+    )
+    assert "TargetGroup:targetGroupArn=" in stored_link(second, "cutover.health_gate", "Target Group")
+
+
+def stored_link(run: Any, task_id: str, link_name: str) -> str:
+    """The console URL Airflow stored for a task's extra link when the task finished."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(
+            select(XComModel.key, XComModel.value).where(
+                XComModel.dag_id == run.dag_id, XComModel.run_id == run.run_id, XComModel.task_id == task_id
+            )
+        ).all()
+    values = {key: value for key, value in rows}
+    return str(values.get(f"_link_{link_name}", values))
 
 
 def group_names(clients: Any) -> set[str]:
@@ -401,3 +423,11 @@ def test_nightly_rebuild_rebakes_the_live_version_on_the_newest_base_image(
     ][0]["Instances"][0]["ImageId"]
     image = fleet_clients.ec2.describe_images(ImageIds=[image_id])["Images"][0]
     assert from_aws_tags(image["Tags"])["immutable:base-image"] == newer_base
+
+
+def test_an_unconfigured_app_is_refused_by_the_trigger_form(
+    airflow_db, aws, demo_network, tmp_path, monkeypatch
+) -> None:
+    write_config(tmp_path, monkeypatch)
+    with pytest.raises(Exception, match="app"):
+        run_dag("immutable_deploy", app="billing", version="1.0.0")

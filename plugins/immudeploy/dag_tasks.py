@@ -35,40 +35,63 @@ DEFAULT_ARGS: dict[str, Any] = {
     "max_retry_delay": timedelta(minutes=5),
 }
 
-DEPLOY_PARAMS = {
-    "app": Param(
-        type="string", pattern=APP_PATTERN, description="App to deploy, as named in the configuration."
-    ),
-    "environment": Param(
-        type="string", pattern=ENVIRONMENT_PATTERN, description="Environment to deploy to, e.g. prod."
-    ),
-    "version": Param(
-        type="string", pattern=VERSION_PATTERN, description="Release version to bake and deploy, e.g. 1.4.2."
-    ),
-    "ami_id": Param(
-        None,
-        type=["null", "string"],
-        pattern=AMI_ID_PATTERN,
-        description="Deploy this already-baked image instead of baking (Packer does not run).",
-    ),
-    "git_sha": Param(
-        None,
-        type=["null", "string"],
-        pattern=GIT_SHA_PATTERN,
-        description="Commit the release was built from.",
-    ),
-}
 
-ROLLBACK_PARAMS = {
-    "app": DEPLOY_PARAMS["app"],
-    "environment": DEPLOY_PARAMS["environment"],
-    "to_version": Param(
-        None,
-        type=["null", "string"],
-        pattern=VERSION_PATTERN,
-        description="Version to roll back to; empty means the newest version before the live one.",
-    ),
-}
+def _configured_choices() -> tuple[list[str], list[str]]:
+    """Apps and environments of the (small, local) configuration file, for the trigger form's choices."""
+    from immudeploy.config import load_config
+
+    targets = load_config().environments
+    return sorted({app for app, _ in targets}), sorted({env for _, env in targets})
+
+
+def deploy_params() -> dict[str, Param]:
+    apps, environments = _configured_choices()
+    return {
+        "app": Param(
+            type="string",
+            pattern=APP_PATTERN,
+            enum=apps,
+            description="App to deploy, as named in the configuration file.",
+        ),
+        "environment": Param(
+            type="string",
+            pattern=ENVIRONMENT_PATTERN,
+            enum=environments,
+            description="Environment to deploy to, e.g. prod.",
+        ),
+        "version": Param(
+            type="string",
+            pattern=VERSION_PATTERN,
+            description="Release version to bake and deploy, e.g. 1.4.2.",
+        ),
+        "ami_id": Param(
+            None,
+            type=["null", "string"],
+            pattern=AMI_ID_PATTERN,
+            description="Deploy this already-baked image instead of baking (Packer does not run).",
+        ),
+        "git_sha": Param(
+            None,
+            type=["null", "string"],
+            pattern=GIT_SHA_PATTERN,
+            description="Commit the release was built from.",
+        ),
+    }
+
+
+def rollback_params() -> dict[str, Param]:
+    chosen = deploy_params()
+    return {
+        "app": chosen["app"],
+        "environment": chosen["environment"],
+        "to_version": Param(
+            None,
+            type=["null", "string"],
+            pattern=VERSION_PATTERN,
+            description="Version to roll back to; empty means the newest version before the live one.",
+        ),
+    }
+
 
 # The first task of each phase; the summary times phases from their start.
 PHASE_FIRST_TASKS = {

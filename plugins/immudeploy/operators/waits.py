@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator, Context
 
-from immudeploy import waits
+from immudeploy import links, waits
 from immudeploy.aws import DEFAULT_CONN_ID
 from immudeploy.errors import DeployError, InvalidInput, WaitTimeout
 
@@ -30,6 +30,7 @@ class _ImmutableWaitOperator(BaseOperator):
         "timeout_seconds",
     )
     ui_color = "#f0e4ff"
+    operator_extra_links = (links.ServerGroupLink(), links.TargetGroupLink())
 
     def __init__(
         self,
@@ -77,7 +78,20 @@ class _ImmutableWaitOperator(BaseOperator):
         """The task's XCom: the instance ids waited for (small)."""
         return trigger_args.get("instance_ids")
 
+    def _push_link_values(self, context: Context) -> None:
+        """What the console links of this task point at (the group and the first target group)."""
+        ti = context.get("ti")
+        if ti is None:  # executed outside a task run (unit tests)
+            return
+        ti.xcom_push(key=links.XCOM_REGION, value=self.client("elbv2").meta.region_name)
+        if self.group_name:
+            ti.xcom_push(key=links.XCOM_SERVER_GROUP_NAME, value=self.group_name)
+        arns = [self.target_group_arns] if isinstance(self.target_group_arns, str) else self.target_group_arns
+        if arns:
+            ti.xcom_push(key=links.XCOM_TARGET_GROUP_ARN, value=arns[0])
+
     def execute(self, context: Context) -> Any:
+        self._push_link_values(context)
         args = self.trigger_args()
         what, check = waits.wait_check(self.kind, self.client(waits.WAIT_SERVICES[self.kind]), **args)
         # A rerun after success finds the work done and returns without waiting.
