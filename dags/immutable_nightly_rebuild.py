@@ -5,7 +5,7 @@ from __future__ import annotations
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Param
 
-from immudeploy.dag_tasks import DEFAULT_ARGS, nightly_timetable, plan_nightly
+from immudeploy.dag_tasks import DEFAULT_ARGS, POLL_SECONDS, nightly_timetable, plan_nightly
 
 with DAG(
     dag_id="immutable_nightly_rebuild",
@@ -36,7 +36,7 @@ through the same staging, cutover, drain and teardown phases, under the same per
         task_id="deploy",
         trigger_dag_id="immutable_deploy",
         wait_for_completion=True,
-        poke_interval=30,
+        poke_interval=max(int(POLL_SECONDS * 3), 5),
         deferrable=True,
         failed_states=["failed"],
     ).expand(conf=plan_nightly())

@@ -258,7 +258,7 @@ def test_ci_client_failed_deploy_names_the_task_and_its_log(local_stack: Running
     assert code == 1, output
     # The plan checks the given image before anything changes: `prepare` fails with InvalidInput.
     assert "FAILED: prepare" in output
-    assert "InvalidInput: ami_id: image ami-00000000000000000 does not exist" in output
+    assert "ami_id: image ami-00000000000000000 does not exist" in output
     assert "failed: prepare" in output
 
 
@@ -266,3 +266,47 @@ def test_ci_client_rolls_back_to_the_kept_group(local_stack: RunningStack) -> No
     code, output, _ = ci(local_stack, "rollback", "--app", "shop", "--environment", "prod")
     assert code == 0, output
     assert "now runs 2.0.0" in output and "shop-prod-v002" in output
+
+
+def _wait_for_run(
+    stack: RunningStack, dag_id: str, run_id: str, timeout: float = CI_TIMEOUT
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = requests.get(
+            f"{stack.api_url}/api/v2/dags/{dag_id}/dagRuns/{run_id}", headers=stack.headers(), timeout=30
+        )
+        response.raise_for_status()
+        run = response.json()
+        if run["state"] in ("success", "failed"):
+            return dict(run)
+        assert time.monotonic() < deadline, (
+            f"{dag_id} run {run_id} still {run['state']} after {timeout:.0f} s"
+        )
+        time.sleep(2)
+
+
+def test_nightly_rebuild_triggers_a_deploy_of_the_live_version(local_stack: RunningStack) -> None:
+    """Through the real scheduler and triggerer: the nightly DAG triggers immutable_deploy and waits for it."""
+    started = time.monotonic()
+    response = requests.post(
+        f"{local_stack.api_url}/api/v2/dags/immutable_nightly_rebuild/dagRuns",
+        json={"logical_date": None, "conf": {"targets": ["shop/prod"]}},
+        headers=local_stack.headers(),
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    nightly = _wait_for_run(local_stack, "immutable_nightly_rebuild", response.json()["dag_run_id"])
+    print(f"\nnightly rebuild finished {nightly['state']} in {time.monotonic() - started:.0f} s")
+    assert nightly["state"] == "success"
+
+    runs = requests.get(
+        f"{local_stack.api_url}/api/v2/dags/immutable_deploy/dagRuns",
+        params={"order_by": "-start_date", "limit": 1},
+        headers=local_stack.headers(),
+        timeout=30,
+    ).json()["dag_runs"]
+    triggered = runs[0]
+    # The live version after the rollback test is 2.0.0: the nightly run redeployed exactly that.
+    assert triggered["conf"] == {"app": "shop", "environment": "prod", "version": "2.0.0"}
+    assert triggered["state"] == "success"
