@@ -18,7 +18,7 @@ USER airflow
 
 WORKDIR /opt/immudeploy
 COPY --chown=airflow:root pyproject.toml constraints.txt ./
-COPY --chown=airflow:root plugins/ plugins/
+COPY --chown=airflow:root src/ src/
 # The lock file pins Airflow itself too, so the image's Airflow is never replaced by a resolver choice.
 # The celery extra: the CeleryExecutor provider and the PostgreSQL driver, at the locked versions.
 RUN pip install --no-cache-dir -c constraints.txt "apache-airflow==${AIRFLOW_VERSION}" ".[celery]"
@@ -27,6 +27,8 @@ RUN pip install --no-cache-dir -c constraints.txt "apache-airflow==${AIRFLOW_VER
 COPY --chown=airflow:root packer/ packer/
 COPY --chown=airflow:root config/ config/
 COPY --chown=airflow:root dags/ /opt/airflow/dags/
+# plugins/ holds only AirflowPlugin modules (console links); the package itself is installed above.
+COPY --chown=airflow:root plugins/ /opt/airflow/plugins/
 
 ENV IMMUDEPLOY_CONFIG=/opt/immudeploy/config/deployments.yaml \
     IMMUDEPLOY_PACKER_DIR=/opt/immudeploy/packer \

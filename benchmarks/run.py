@@ -192,7 +192,7 @@ class CountingClients:
     calls: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        from immudeploy.aws import RETRY_CONFIG
+        from immudeploy.aws.connection import RETRY_CONFIG
 
         for service in ("ec2", "autoscaling", "elbv2", "ssm"):
             client = boto3.client(
@@ -261,9 +261,9 @@ class MotoServer:
 def bench_bake(moto: MotoServer) -> list[str]:
     import airflow.providers.amazon.aws.hooks.base_aws  # noqa: F401  (configures logging: import first)
 
-    from immudeploy.aws import packer_aws_settings
-    from immudeploy.bake import BakeRequest, BaseImage, bake_image, default_template_dir
-    from immudeploy.packer import PackerRunner
+    from immudeploy.aws.connection import packer_aws_settings
+    from immudeploy.release.bake import BakeRequest, BaseImage, bake_image, default_template_dir
+    from immudeploy.release.packer import PackerRunner
 
     _quiet_logs()
     packer = shutil.which("packer")
@@ -348,16 +348,17 @@ SWAP_STEPS = (
 
 
 def swap_once(moto: MotoServer, size: int) -> dict[str, Any]:
-    from immudeploy import server_groups as sg
-    from immudeploy import waits
-    from immudeploy.demo import seed_demo_network, seed_live_fleet
+    from immudeploy.aws import target_health, waits
+    from immudeploy.aws.groups import capacity, inventory, launch, retire, traffic
+    from immudeploy.core.plan import Capacity
+    from immudeploy_dev.demo import seed_demo_network, seed_live_fleet
 
     moto.reset()
     clients = CountingClients(moto.endpoint_url)
-    capacity = sg.Capacity(min=size, max=2 * size, desired=size)
+    size_limits = Capacity(min=size, max=2 * size, desired=size)
     started = time.perf_counter()
     env = seed_demo_network(clients, APP, ENVIRONMENT)
-    live = seed_live_fleet(clients, env, APP, ENVIRONMENT, "1.0.0", BASE_IMAGE, capacity)
+    live = seed_live_fleet(clients, env, APP, ENVIRONMENT, "1.0.0", BASE_IMAGE, size_limits)
     seed_seconds = time.perf_counter() - started
     tgs = [env.target_group_arn]
     steps: dict[str, dict[str, Any]] = {}
@@ -368,8 +369,8 @@ def swap_once(moto: MotoServer, size: int) -> dict[str, Any]:
         steps[name] = measured
         return value
 
-    step("pin live group", lambda: sg.pin_capacity(clients, live.name, live.capacity))
-    spec = sg.LaunchSpec(
+    step("pin live group", lambda: capacity.pin_capacity(clients, live.name, live.capacity))
+    spec = launch.LaunchSpec(
         app=APP,
         environment=ENVIRONMENT,
         version="1.1.0",
@@ -379,34 +380,34 @@ def swap_once(moto: MotoServer, size: int) -> dict[str, Any]:
         subnet_ids=list(env.subnet_ids),
         security_group_ids=[env.security_group_id],
         target_group_arns=[],
-        capacity=capacity.pinned(),
+        capacity=size_limits.pinned(),
         ssm_config_path=f"/immutable/{APP}/{ENVIRONMENT}/1.1.0",
         cache_key_prefix=f"{APP}/{ENVIRONMENT}/1.1.0",
     )
-    new = step("launch new group", lambda: sg.launch_server_group(clients, spec))
+    new = step("launch new group", lambda: launch.launch_server_group(clients, spec))
     status = step(
         "in-service check",
-        lambda: waits.evaluate_in_service(waits.describe_group(clients.autoscaling, new.name), size),
+        lambda: waits.evaluate_in_service(inventory.describe_asg(clients.autoscaling, new.name), size),
     )
     _check(status, "in-service")
-    new = step("attach new group", lambda: sg.attach_server_group(clients, new.name, tgs))
+    new = step("attach new group", lambda: traffic.attach_server_group(clients, new.name, tgs))
     status = step(
         "health gate check",
-        lambda: waits.evaluate_health_gate(
-            waits.describe_targets(clients.elbv2, tgs, new.instance_ids), new.instance_ids
+        lambda: target_health.evaluate_health_gate(
+            target_health.describe_targets(clients.elbv2, tgs, new.instance_ids), new.instance_ids
         ),
     )
     _check(status, "health gate")
     leaving = list(live.instance_ids)
-    step("detach old group", lambda: sg.detach_server_group(clients, live.name, tgs))
+    step("detach old group", lambda: traffic.detach_server_group(clients, live.name, tgs))
     status = step(
         "drain check",
-        lambda: waits.evaluate_drain(waits.describe_targets(clients.elbv2, tgs, leaving), leaving),
+        lambda: target_health.evaluate_drain(target_health.describe_targets(clients.elbv2, tgs, leaving), leaving),
     )
     _check(status, "drain")
-    step("restore capacity", lambda: sg.restore_capacity(clients, new.name, capacity))
+    step("restore capacity", lambda: capacity.restore_capacity(clients, new.name, size_limits))
     deleted = step(
-        "retire old group", lambda: sg.retire_server_groups(clients, APP, ENVIRONMENT, 0, new.name, tgs)
+        "retire old group", lambda: retire.retire_server_groups(clients, APP, ENVIRONMENT, 0, new.name, tgs)
     )
     if deleted != [live.name] or len(new.instance_ids) != size or len(leaving) != size:
         raise RuntimeError(f"unexpected swap at N={size}: deleted {deleted}, new {len(new.instance_ids)}")
@@ -508,7 +509,7 @@ def _per_call_us(call: Callable[[], Any], repeats: int) -> float:
 
 
 def bench_evaluators(sizes: list[int], repeats: int) -> list[str]:
-    from immudeploy.waits import evaluate_drain, evaluate_health_gate
+    from immudeploy.aws.target_health import evaluate_drain, evaluate_health_gate
 
     def gate(state: str, every_tenth: str | None = None) -> Callable[[int], Callable[[], Any]]:
         def make(count: int) -> Callable[[], Any]:

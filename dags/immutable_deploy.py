@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from airflow.sdk import DAG
 
-from immudeploy.dag_tasks import (
-    DEFAULT_ARGS,
-    bake_phase,
-    deploy_params,
+from immudeploy.airflow.params import DEFAULT_ARGS, deploy_params
+from immudeploy.airflow.phases import bake_phase, staging_phase, swap_phases
+from immudeploy.airflow.tasks import (
     launch_fleet,
     prepare,
     publish_config,
     release_lock,
-    staging_phase,
     summary,
-    swap_phases,
     undo_on_failure,
 )
 
@@ -50,8 +47,8 @@ one is removed, so no target group is left without a healthy target.
     bake = bake_phase(plan)
     staging_steps, staging_tests = staging_phase(plan, bake.output)
     published = publish_config(plan)
-    launched, swap_steps, retired = swap_phases(plan, lambda: launch_fleet(plan, bake.output))
-    done = summary(plan, bake.output, launched, retired)
+    launched, swap_steps, retired, finished = swap_phases(plan, lambda: launch_fleet(plan, bake.output))
+    done = summary(plan, bake.output, launched, finished, retired)
     undo = undo_on_failure()
     unlock = release_lock()
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Param
 
-from immudeploy.dag_tasks import DEFAULT_ARGS, POLL_SECONDS, nightly_timetable, plan_nightly
+from immudeploy.airflow.params import DEFAULT_ARGS, POLL_SECONDS
+from immudeploy.airflow.tasks import nightly_timetable, plan_nightly
 
 with DAG(
     dag_id="immutable_nightly_rebuild",

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from airflow.sdk import DAG
 
-from immudeploy.dag_tasks import (
-    DEFAULT_ARGS,
+from immudeploy.airflow.params import DEFAULT_ARGS, rollback_params
+from immudeploy.airflow.phases import swap_phases
+from immudeploy.airflow.tasks import (
     bring_up_rollback_fleet,
     prepare_rollback,
     release_lock,
-    rollback_params,
     summary,
-    swap_phases,
     undo_on_failure,
 )
 
@@ -35,8 +34,8 @@ The bad fleet is always retired, whatever the retention setting. A failure undoe
 """,
 ):
     plan = prepare_rollback()
-    launched, swap_steps, retired = swap_phases(plan, lambda: bring_up_rollback_fleet(plan))
-    done = summary(plan, plan["ami_id"], launched, retired)
+    launched, swap_steps, retired, finished = swap_phases(plan, lambda: bring_up_rollback_fleet(plan))
+    done = summary(plan, None, launched, finished, retired)
     undo = undo_on_failure()
     unlock = release_lock()
 

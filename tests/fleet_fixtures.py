@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from immudeploy.demo import DemoEnvironment, seed_demo_network, seed_live_fleet
-from immudeploy.server_groups import Capacity, ServerGroup
+from immudeploy.core.plan import Capacity, ServerGroup
+from immudeploy_dev.demo import DemoEnvironment, seed_demo_network, seed_live_fleet
 
 APP = "shop"
 ENVIRONMENT = "prod"

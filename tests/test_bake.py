@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from immudeploy.aws import AwsClients, packer_aws_settings
-from immudeploy.bake import BakeRequest, BaseImage, bake_image, default_template_dir, packer_source
-from immudeploy.errors import BakeError, InvalidInput
-from immudeploy.naming import from_aws_tags
-from immudeploy.packer import PackerRunner
+from immudeploy.aws.connection import AwsClients, packer_aws_settings
+from immudeploy.core.errors import BakeError, InvalidInput
+from immudeploy.core.naming import from_aws_tags
+from immudeploy.release.bake import BakeRequest, BaseImage, bake_image, default_template_dir, packer_source
+from immudeploy.release.packer import PackerRunner
 
 BASE_IMAGE = "ami-785db401"  # one of the public images moto ships
 PACKER = shutil.which("packer") or "packer"

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from conftest import SECRET_KEY
 
-from immudeploy.bake import default_template_dir
-from immudeploy.errors import BakeError
-from immudeploy.operators.bake import BakeImageOperator
+from immudeploy.airflow.operators.bake import BakeImageOperator
+from immudeploy.core.errors import BakeError
+from immudeploy.release.bake import default_template_dir
 
 
 class RecordingTaskInstance:

@@ -13,21 +13,19 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
 
-from immudeploy import ci_client
-from immudeploy.ci_client import (
+from immudeploy_ci import client as ci_client
+from immudeploy_ci.api import (
     EXIT_REFUSED,
     EXIT_RUN_FAILED,
     EXIT_SUCCESS,
     EXIT_TIMEOUT,
     EXIT_UNREACHABLE,
     CiError,
-    build_parser,
     format_log_content,
-    main,
     read_credentials_file,
     resolve_credentials,
-    state_change_line,
 )
+from immudeploy_ci.client import build_parser, main, state_change_line
 
 RUN_ID = "manual__2026-01-01T00:00:00+00:00"
 PASSWORD = "s3cret-pass"

@@ -320,7 +320,7 @@ def test_dockerfile_extends_the_pinned_airflow_and_installs_packer() -> None:
     assert instructions[-1].user == "airflow"
     # What the pip install builds from is copied before it.
     before_pip = {p.relative_to(REPO).as_posix() for p in pip_sources()}
-    assert {"pyproject.toml", "constraints.txt", "plugins"} <= before_pip
+    assert {"pyproject.toml", "constraints.txt", "src"} <= before_pip
 
 
 def pip_sources() -> list[Path]:
@@ -336,12 +336,13 @@ def pip_sources() -> list[Path]:
 
 
 def test_dockerignore_keeps_local_state_out() -> None:
-    for path in (".venv", ".local", ".git", "plugins/immudeploy/__pycache__", "plugins/immudeploy.egg-info"):
+    for path in (".venv", ".local", ".git", "src/immudeploy/__pycache__", "src/immudeploy.egg-info"):
         assert dockerignored(path), path
     for path in (
         "pyproject.toml",
         "constraints.txt",
-        "plugins/immudeploy/dag_tasks.py",
+        "src/immudeploy/airflow/tasks.py",
+        "plugins/immudeploy_console_links.py",
         "config",
         "packer",
         "dags",
@@ -372,7 +373,7 @@ def test_project_wheel_builds_from_what_the_dockerfile_copies_first(tmp_path: Pa
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = (tmp_path / "out").glob("immudeploy-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "immudeploy/dag_tasks.py" in names and "immudeploy/triggers/waits.py" in names
+    assert "immudeploy/airflow/tasks.py" in names and "immudeploy/airflow/triggers.py" in names
     extras = next(n for n in names if n.endswith(".dist-info/METADATA"))
     assert "Provides-Extra: celery" in zipfile.ZipFile(wheel).read(extras).decode()
 

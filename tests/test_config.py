@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from immudeploy.config import DEFAULT_CONFIG_PATH, load_config, parse_config
-from immudeploy.errors import InvalidInput
+from immudeploy.core.config import DEFAULT_CONFIG_PATH, load_config, parse_config
+from immudeploy.core.errors import InvalidInput
 
 REPO = Path(__file__).resolve().parents[1]
 

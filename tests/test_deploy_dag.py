@@ -9,7 +9,7 @@ import pytest
 import yaml
 from fleet_fixtures import APP, ENVIRONMENT
 
-from immudeploy.naming import from_aws_tags
+from immudeploy.core.naming import from_aws_tags
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,10 +106,20 @@ def test_first_deploy_then_second_deploy_replaces_v001_with_v002(deploy, fleet_c
         second, "launch.wait_in_service", "Auto Scaling Group"
     )
     assert "TargetGroup:targetGroupArn=" in stored_link(second, "cutover.health_gate", "Target Group")
+    # The plan travels as one XCom value, and the summary times each phase from the task instances'
+    # own durations: a phase's seconds are the sum of its tasks' durations as Airflow recorded them.
+    prepare = xcom_values(second, "prepare")
+    assert list(prepare) == ["return_value"] and prepare["return_value"]["live"]["name"] == "shop-prod-v001"
+    summary = xcom_values(second, "summary")["return_value"]
+    durations = {ti.task_id: ti.duration for ti in second.get_task_instances() if ti.duration is not None}
+    for phase in ("prepare", "bake", "launch", "cutover", "drain", "teardown"):
+        expected = sum(seconds for task_id, seconds in durations.items() if task_id.split(".")[0] == phase)
+        assert summary["phase_seconds"][phase] == pytest.approx(expected, abs=0.1), phase
+    assert summary["server_group"] == "shop-prod-v002" and summary["replaced"] == "shop-prod-v001"
 
 
-def stored_link(run: Any, task_id: str, link_name: str) -> str:
-    """The console URL Airflow stored for a task's extra link when the task finished."""
+def xcom_values(run: Any, task_id: str) -> dict[str, Any]:
+    """Every XCom value a task of the run pushed, by key."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -120,7 +130,12 @@ def stored_link(run: Any, task_id: str, link_name: str) -> str:
                 XComModel.dag_id == run.dag_id, XComModel.run_id == run.run_id, XComModel.task_id == task_id
             )
         ).all()
-    values = {key: value for key, value in rows}
+    return {key: value for key, value in rows}
+
+
+def stored_link(run: Any, task_id: str, link_name: str) -> str:
+    """The console URL Airflow stored for a task's extra link when the task finished."""
+    values = xcom_values(run, task_id)
     return str(values.get(f"_link_{link_name}", values))
 
 
@@ -219,7 +234,7 @@ def test_a_health_gate_failure_removes_the_new_group_while_the_old_one_serves(
     deployed("1.0.0")
     live = group_instances(fleet_clients, "shop-prod-v001")
 
-    from immudeploy.triggers import waits as trigger_waits
+    from immudeploy.airflow import triggers as trigger_waits
 
     real_build = trigger_waits.build_client
 
@@ -341,7 +356,7 @@ def test_bad_conf_is_refused_before_anything_changes(
 def test_a_second_run_for_the_same_target_waits_and_names_the_holder(
     airflow_db, aws, demo_network, fleet_clients, tmp_path, monkeypatch
 ) -> None:
-    from immudeploy.lock import LockHolder, acquire_lock, release_lock
+    from immudeploy.aws.lock import LockHolder, acquire_lock, release_lock
 
     write_config(tmp_path, monkeypatch)
     monkeypatch.setenv("IMMUDEPLOY_LOCK_WAIT_SECONDS", "2")
@@ -388,9 +403,9 @@ def test_nightly_rebuild_rebakes_the_live_version_on_the_newest_base_image(
     import time as clock
     from datetime import UTC, datetime
 
-    from immudeploy.aws import AwsClients
-    from immudeploy.config import load_config
-    from immudeploy.pipeline import nightly_targets
+    from immudeploy.aws.connection import AwsClients
+    from immudeploy.core.config import load_config
+    from immudeploy.release.nightly import nightly_targets
 
     first_base = _register_base_image(fleet_clients.ec2, "shopbase-2026-10")
     config = write_config(tmp_path, monkeypatch)

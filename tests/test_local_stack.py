@@ -95,7 +95,7 @@ def stack_processes(state_dir: Path, recorded: list[dict[str, Any]]) -> list[str
     session, and anything carrying the stack's marker variable."""
     import psutil
 
-    from immudeploy.local_stack import MARKER_VARIABLE
+    from immudeploy_dev.local_stack import MARKER_VARIABLE
 
     alive = []
     sessions = set()

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from immudeploy.errors import DeployError, InvalidInput
-from immudeploy.lock import (
+from immudeploy.aws.lock import (
     LockHolder,
     _break_marker_name,
     acquire_lock,
@@ -19,6 +18,7 @@ from immudeploy.lock import (
     lock_parameter_name,
     release_lock,
 )
+from immudeploy.core.errors import DeployError, InvalidInput
 
 APP, ENV = "shop", "prod"
 LOCK = "/immutable/shop/prod/lock"
@@ -122,7 +122,7 @@ def test_stale_lock_is_broken_with_a_warning(aws: Any, caplog: pytest.LogCapture
     ssm = aws.client("ssm")
     crashed_at = (datetime.now(UTC) - timedelta(hours=3)).isoformat()
     _plant(ssm, LockHolder("deploy_shop", "crashed_run", crashed_at))
-    with caplog.at_level(logging.WARNING, logger="immudeploy.lock"):
+    with caplog.at_level(logging.WARNING, logger="immudeploy.aws.lock"):
         held = _acquire(ssm, SECOND, stale_after_seconds=3600.0)
     assert current_holder(ssm, APP, ENV) == held
     assert held.run_id == SECOND.run_id

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from botocore.stub import Stubber
 
-from immudeploy.errors import InvalidInput
-from immudeploy.observe import observe_release
+from immudeploy.core.errors import InvalidInput
+from immudeploy.release.observe import observe_release
 
 ALARM = "shop-prod-5xx"
 

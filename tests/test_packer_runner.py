@@ -12,9 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from immudeploy.aws import packer_aws_settings
-from immudeploy.errors import BakeError, WaitTimeout
-from immudeploy.packer import PackerEvent, PackerRunner
+from immudeploy.aws.connection import packer_aws_settings
+from immudeploy.core.errors import BakeError, WaitTimeout
+from immudeploy.release.packer import PackerEvent, PackerRunner
 
 DATA = Path(__file__).parent / "data"
 PACKER = shutil.which("packer")

@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest
 
-from immudeploy.errors import InvalidInput
-from immudeploy.release_config import (
+from immudeploy.aws.release_config import (
     cache_key_prefix,
     delete_release_config,
     publish_release_config,
     read_release_config,
     release_path,
 )
+from immudeploy.core.errors import InvalidInput
 
 PREFIX = "/immutable/shop/prod"
 VALUES = {"DATABASE_HOST": "db.internal", "FEATURE_X": "on", "worker.threads": "8"}

@@ -13,32 +13,27 @@ from typing import Any
 import pytest
 from fleet_fixtures import APP, BASE_IMAGE, ENVIRONMENT, LIVE_CAPACITY, FleetClients
 
-from immudeploy.demo import DemoEnvironment
-from immudeploy.errors import DeployError, TrafficGuardError
-from immudeploy.naming import TAG_APP, TAG_DEPLOY_ID, TAG_ENVIRONMENT, TAG_VERSION
-from immudeploy.server_groups import (
-    DISABLED_SUSPENDED_PROCESSES,
+from immudeploy.airflow.xcom import server_group_from_xcom, server_group_to_xcom
+from immudeploy.aws.groups.capacity import (
     SWAP_SUSPENDED_PROCESSES,
-    TAG_RESTORE_CAPACITY,
-    Capacity,
-    LaunchSpec,
-    ServerGroup,
-    _ensure_launch_template,
-    attach_server_group,
-    delete_server_group,
-    delete_unused_images,
-    describe_server_group,
-    detach_server_group,
-    find_server_groups,
-    healthy_target_ids,
-    images_in_use,
-    launch_server_group,
-    live_server_group,
     pin_capacity,
     restore_capacity,
-    retire_server_groups,
     scale_server_group,
 )
+from immudeploy.aws.groups.inventory import describe_server_group, find_server_groups, live_server_group
+from immudeploy.aws.groups.launch import LaunchSpec, _ensure_launch_template, launch_server_group
+from immudeploy.aws.groups.retire import delete_server_group, retire_server_groups
+from immudeploy.aws.groups.traffic import (
+    DISABLED_SUSPENDED_PROCESSES,
+    attach_server_group,
+    detach_server_group,
+)
+from immudeploy.aws.images import delete_unused_images, images_in_use
+from immudeploy.aws.target_health import healthy_target_ids
+from immudeploy.core.errors import DeployError, TrafficGuardError
+from immudeploy.core.naming import TAG_APP, TAG_DEPLOY_ID, TAG_ENVIRONMENT, TAG_RESTORE_CAPACITY, TAG_VERSION
+from immudeploy.core.plan import Capacity, ServerGroup
+from immudeploy_dev.demo import DemoEnvironment
 
 
 def _spec(net: DemoEnvironment, version: str, deploy_id: str, image_id: str = BASE_IMAGE) -> LaunchSpec:
@@ -120,8 +115,9 @@ def test_discovery_reads_names_tags_and_launch_template(
     assert not live.disabled and live.restore_capacity is None
     # The seeded fleet looks like a finished swap: nothing left suspended.
     assert live.suspended_processes == []
-    assert json.loads(json.dumps(live.to_xcom())) == live.to_xcom()
-    assert ServerGroup.from_xcom(live.to_xcom()) == live
+    as_xcom = server_group_to_xcom(live)
+    assert json.loads(json.dumps(as_xcom)) == as_xcom
+    assert server_group_from_xcom(as_xcom) == live
 
 
 def test_launch_is_idempotent_per_deploy_id(

@@ -12,8 +12,8 @@ from typing import Any
 import psutil
 import pytest
 
-from immudeploy.errors import DeployError, InvalidInput, WaitTimeout
-from immudeploy.staging import run_staging_tests, staging_test_environment
+from immudeploy.core.errors import DeployError, InvalidInput, WaitTimeout
+from immudeploy.release.staging import run_staging_tests, staging_test_environment
 
 PY = sys.executable
 FAKE_ID = "i-0123456789abcdef0"
@@ -219,7 +219,12 @@ def _smoke(aws: Any, fleet: dict[str, Any], ids: list[str]) -> subprocess.Comple
     )
     env["PATH"] = os.environ.get("PATH", "")
     return subprocess.run(
-        [PY, "-m", "immudeploy.smoke"], env=env, capture_output=True, text=True, timeout=60, check=False
+        [PY, "-m", "immudeploy.release.smoke"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -248,7 +253,7 @@ def test_smoke_through_the_runner(aws: Any, staging_fleet: dict[str, Any]) -> No
     )
     lines: list[str] = []
     result = run_staging_tests(
-        [PY, "-m", "immudeploy.smoke"], environment=env, timeout_seconds=60, log_line=lines.append
+        [PY, "-m", "immudeploy.release.smoke"], environment=env, timeout_seconds=60, log_line=lines.append
     )
     assert result.returncode == 0
     assert lines[-1] == "smoke test passed"

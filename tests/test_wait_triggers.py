@@ -27,13 +27,13 @@ from test_waits import (
     target_group,
 )
 
-from immudeploy import waits
-from immudeploy.errors import DeployError, WaitTimeout
-from immudeploy.operators.waits import DrainSensor, HealthGateOperator, WaitForInServiceOperator
-from immudeploy.triggers import waits as trigger_waits
-from immudeploy.triggers.waits import ImmutableWaitTrigger
+from immudeploy.airflow import triggers as trigger_waits
+from immudeploy.airflow.operators.waits import DrainSensor, HealthGateOperator, WaitForInServiceOperator
+from immudeploy.airflow.triggers import ImmutableWaitTrigger
+from immudeploy.aws import waits
+from immudeploy.core.errors import DeployError, WaitTimeout
 
-CLASSPATH = "immudeploy.triggers.waits.ImmutableWaitTrigger"
+CLASSPATH = "immudeploy.airflow.triggers.ImmutableWaitTrigger"
 
 
 def run_trigger(trigger: BaseTrigger) -> list[TriggerEvent]:

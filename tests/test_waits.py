@@ -17,8 +17,8 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from immudeploy import waits
-from immudeploy.errors import DeployError, WaitTimeout
+from immudeploy.aws import target_health, waits
+from immudeploy.core.errors import DeployError, WaitTimeout
 
 REGION = "us-east-1"
 TG_WEB = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/0123456789abcdef"
@@ -149,7 +149,9 @@ def test_in_service_fails_when_the_group_is_gone() -> None:
 
 def test_health_gate_initial_and_unregistered_are_pending() -> None:
     unused = target(I3, "unused", "Target.NotRegistered", "Target is not registered")
-    status = waits.evaluate_health_gate({TG_WEB: [target(I1, "healthy"), INITIAL, unused]}, [I1, I2, I3])
+    status = target_health.evaluate_health_gate(
+        {TG_WEB: [target(I1, "healthy"), INITIAL, unused]}, [I1, I2, I3]
+    )
     assert not status.done and not status.failed
     assert status.pending == [I2, I3]
     assert "1 of 3 instances healthy" in status.message
@@ -157,40 +159,40 @@ def test_health_gate_initial_and_unregistered_are_pending() -> None:
 
 
 def test_health_gate_needs_every_target_group() -> None:
-    status = waits.evaluate_health_gate({TG_WEB: [target(I1, "healthy")], TG_API: []}, [I1])
+    status = target_health.evaluate_health_gate({TG_WEB: [target(I1, "healthy")], TG_API: []}, [I1])
     assert not status.done and status.pending == [I1]
     assert f"{I1} in api (not registered)" in status.message
     both = {TG_WEB: [target(I1, "healthy")], TG_API: [target(I1, "healthy")]}
-    assert waits.evaluate_health_gate(both, [I1]).done
+    assert target_health.evaluate_health_gate(both, [I1]).done
 
 
 def test_health_gate_fails_fast_naming_instance_and_reason() -> None:
-    status = waits.evaluate_health_gate({TG_WEB: [target(I1, "healthy"), UNHEALTHY]}, [I1, I2])
+    status = target_health.evaluate_health_gate({TG_WEB: [target(I1, "healthy"), UNHEALTHY]}, [I1, I2])
     assert status.failed and status.failed_ids == [I2]
     assert I2 in status.message and "ResponseCodeMismatch" in status.message and "[502]" in status.message
-    patient = waits.evaluate_health_gate(
+    patient = target_health.evaluate_health_gate(
         {TG_WEB: [target(I1, "healthy"), UNHEALTHY]}, [I1, I2], fail_fast=False
     )
     assert not patient.failed and patient.pending == [I2] and "ResponseCodeMismatch" in patient.message
 
 
 def test_health_gate_refuses_to_pass_vacuously() -> None:
-    assert waits.evaluate_health_gate({TG_WEB: [target(I1, "healthy")]}, []).failed
-    assert waits.evaluate_health_gate({}, [I1]).failed
+    assert target_health.evaluate_health_gate({TG_WEB: [target(I1, "healthy")]}, []).failed
+    assert target_health.evaluate_health_gate({}, [I1]).failed
 
 
 def test_drain_counts_draining_targets_and_ignores_others() -> None:
     descriptions = {TG_WEB: [target(I1, "draining"), target(I2, "draining"), target("i-0other", "draining")]}
-    status = waits.evaluate_drain(descriptions, [I1, I2, I3])
+    status = target_health.evaluate_drain(descriptions, [I1, I2, I3])
     assert not status.done and status.pending == [I1, I2]
     assert status.message == f"2 of 3 targets still draining: {I1} in web, {I2} in web"
-    assert waits.evaluate_drain({TG_WEB: []}, [I1]).done
-    everything = waits.evaluate_drain(descriptions, None)
+    assert target_health.evaluate_drain({TG_WEB: []}, [I1]).done
+    everything = target_health.evaluate_drain(descriptions, None)
     assert not everything.done and len(everything.pending) == 3
 
 
 def test_drain_says_when_an_instance_was_never_deregistered() -> None:
-    status = waits.evaluate_drain({TG_WEB: [target(I1, "healthy")]}, [I1])
+    status = target_health.evaluate_drain({TG_WEB: [target(I1, "healthy")]}, [I1])
     assert status.done
     assert "still registered" in status.message and I1 in status.message
 
@@ -206,7 +208,7 @@ def test_initial_then_healthy_passes_and_logs_progress(
     client, stub = elbv2
     add_target_health(stub, TG_WEB, target(I1, "healthy"), INITIAL)
     add_target_health(stub, TG_WEB, target(I1, "healthy"), target(I2, "healthy"))
-    with caplog.at_level(logging.INFO, logger="immudeploy.waits"):
+    with caplog.at_level(logging.INFO, logger="immudeploy.aws.waits"):
         status = waits.wait_until_healthy(
             client, [TG_WEB], [I1, I2], timeout=60, poll_interval=0, sleep=sleeps
         )
@@ -266,7 +268,7 @@ def test_throttling_backs_off_then_passes(
     add_throttle(stub, code="RequestLimitExceeded", message="Request limit exceeded.")
     add_throttle(stub)
     add_target_health(stub, TG_WEB, target(I1, "healthy"))
-    with caplog.at_level(logging.WARNING, logger="immudeploy.waits"):
+    with caplog.at_level(logging.WARNING, logger="immudeploy.aws.waits"):
         status = waits.wait_until_healthy(client, [TG_WEB], [I1], timeout=600, poll_interval=5, sleep=sleeps)
     assert status.done
     assert sleeps.delays == [1.0, 2.0, 4.0]

@@ -1,0 +1,1 @@
+"""Server groups: one Auto Scaling group and launch template per release."""

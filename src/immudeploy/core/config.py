@@ -1,0 +1,312 @@
+"""Apps and environments from a YAML file, validated at load with errors naming app, environment and field."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from immudeploy.core.errors import InvalidInput
+from immudeploy.core.naming import validate_ami_id, validate_app, validate_environment
+
+CONFIG_ENV_VAR = "IMMUDEPLOY_CONFIG"
+REPO_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_CONFIG_PATH = REPO_ROOT / "config" / "deployments.yaml"
+
+
+@dataclass(frozen=True)
+class CapacityConfig:
+    min: int
+    max: int
+    desired: int
+
+
+@dataclass(frozen=True)
+class StagingConfig:
+    target_group: str
+    subnets: tuple[str, ...]
+    # argv, run without a shell; the staging endpoint and instance ids arrive in its environment.
+    test_command: tuple[str, ...]
+    test_timeout_seconds: int = 600
+    capacity: int = 1
+
+
+@dataclass(frozen=True)
+class BaseImageConfig:
+    image_id: str | None = None
+    name_pattern: str | None = None
+    owners: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EnvironmentConfig:
+    app: str
+    environment: str
+    packer_template: Path
+    base_image: BaseImageConfig
+    release_url: str
+    instance_type: str
+    subnets: tuple[str, ...]
+    security_groups: tuple[str, ...]
+    target_groups: tuple[str, ...]
+    staging: StagingConfig | None
+    first_deploy_capacity: CapacityConfig
+    health_timeout_seconds: int | None
+    drain_timeout_seconds: int | None
+    in_service_timeout_seconds: int
+    bake_timeout_seconds: int
+    keep_old_groups: int
+    keep_images: int
+    observation_minutes: float
+    alarms: tuple[str, ...]
+    nightly: bool
+    nightly_schedule: str
+    ssm_prefix: str
+    runtime_config: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        return f"{self.app}/{self.environment}"
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    path: Path
+    environments: Mapping[tuple[str, str], EnvironmentConfig]
+
+    def get(self, app: str, environment: str) -> EnvironmentConfig:
+        try:
+            return self.environments[(app, environment)]
+        except KeyError:
+            known = ", ".join(f"{a}/{e}" for a, e in sorted(self.environments)) or "none"
+            raise InvalidInput(
+                "app/environment",
+                f"{app}/{environment} is not configured in {self.path} (configured: {known})",
+            ) from None
+
+    def nightly_targets(self) -> list[EnvironmentConfig]:
+        return [env for key, env in sorted(self.environments.items()) if env.nightly]
+
+
+class _Reader:
+    """Reads one mapping, raising InvalidInput with the full dotted path of a bad field."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, Mapping):
+            raise InvalidInput(where, f"must be a mapping, got {type(data).__name__}")
+        self.data = data
+        self.where = where
+
+    def name(self, key: str) -> str:
+        return f"{self.where}.{key}"
+
+    def _get(self, key: str, default: Any, required: bool) -> Any:
+        if key not in self.data or self.data[key] is None:
+            if required:
+                raise InvalidInput(self.name(key), "is required")
+            return default
+        return self.data[key]
+
+    def string(self, key: str, default: str | None = None, required: bool = False) -> Any:
+        value = self._get(key, default, required)
+        if value is not None and not isinstance(value, str):
+            raise InvalidInput(self.name(key), f"must be a string, got {type(value).__name__}")
+        return value
+
+    def integer(self, key: str, default: int | None = None, minimum: int = 0, required: bool = False) -> Any:
+        value = self._get(key, default, required)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInput(self.name(key), f"must be a whole number, got {value!r}")
+        if value < minimum:
+            raise InvalidInput(self.name(key), f"must be at least {minimum}, got {value}")
+        return value
+
+    def number(self, key: str, default: float = 0.0) -> float:
+        value = self._get(key, default, False)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise InvalidInput(self.name(key), f"must be a non-negative number, got {value!r}")
+        return float(value)
+
+    def boolean(self, key: str, default: bool = False) -> bool:
+        value = self._get(key, default, False)
+        if not isinstance(value, bool):
+            raise InvalidInput(self.name(key), f"must be true or false, got {value!r}")
+        return value
+
+    def strings(self, key: str, required: bool = False, non_empty: bool = False) -> tuple[str, ...]:
+        value = self._get(key, [], required)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise InvalidInput(self.name(key), "must be a list of non-empty strings")
+        if non_empty and not value:
+            raise InvalidInput(self.name(key), "must name at least one entry")
+        return tuple(value)
+
+    def mapping(self, key: str, required: bool = False) -> _Reader | None:
+        value = self._get(key, None, required)
+        return None if value is None else _Reader(value, self.name(key))
+
+    def unknown_keys(self, known: set[str]) -> None:
+        extra = sorted(set(self.data) - known)
+        if extra:
+            raise InvalidInput(self.name(extra[0]), f"unknown field (known: {', '.join(sorted(known))})")
+
+
+_ENV_FIELDS = {
+    "instance_type",
+    "subnets",
+    "security_groups",
+    "target_groups",
+    "staging",
+    "first_deploy_capacity",
+    "health_timeout_seconds",
+    "drain_timeout_seconds",
+    "in_service_timeout_seconds",
+    "bake_timeout_seconds",
+    "keep_old_groups",
+    "keep_images",
+    "observation_minutes",
+    "alarms",
+    "nightly",
+    "runtime_config",
+    "ssm_prefix",
+}
+_APP_FIELDS = {"packer_template", "base_image", "release_url", "environments", "defaults"}
+
+
+def _capacity(reader: _Reader | None, where: str) -> CapacityConfig:
+    if reader is None:
+        return CapacityConfig(1, 1, 1)
+    capacity = CapacityConfig(
+        min=reader.integer("min", required=True),
+        max=reader.integer("max", required=True, minimum=1),
+        desired=reader.integer("desired", required=True, minimum=1),
+    )
+    if not capacity.min <= capacity.desired <= capacity.max:
+        raise InvalidInput(where, f"needs min <= desired <= max, got {capacity}")
+    return capacity
+
+
+def _environment(app: str, app_reader: _Reader, name: str, data: Any, base_dir: Path) -> EnvironmentConfig:
+    environment = validate_environment(name, f"apps.{app}.environments.{name!r}")
+    where = f"apps.{app}.environments.{environment}"
+    defaults = app_reader.data.get("defaults") or {}
+    if not isinstance(defaults, Mapping):
+        raise InvalidInput(f"apps.{app}.defaults", "must be a mapping")
+    merged = {**defaults, **(data or {})}
+    env = _Reader(merged, where)
+    env.unknown_keys(_ENV_FIELDS)
+
+    staging_reader = env.mapping("staging")
+    staging = None
+    if staging_reader is not None:
+        staging_reader.unknown_keys(
+            {"target_group", "subnets", "test_command", "test_timeout_seconds", "capacity"}
+        )
+        staging = StagingConfig(
+            target_group=staging_reader.string("target_group", required=True),
+            subnets=staging_reader.strings("subnets", required=True, non_empty=True),
+            test_command=staging_reader.strings("test_command", required=True, non_empty=True),
+            test_timeout_seconds=staging_reader.integer("test_timeout_seconds", 600, minimum=1),
+            capacity=staging_reader.integer("capacity", 1, minimum=1),
+        )
+
+    template = Path(app_reader.string("packer_template", "packer"))
+    template = template if template.is_absolute() else (base_dir / template)
+    if not template.is_dir():
+        raise InvalidInput(f"apps.{app}.packer_template", f"{template} is not a directory")
+
+    base = app_reader.mapping("base_image", required=True)
+    assert base is not None
+    base.unknown_keys({"image_id", "name_pattern", "owners"})
+    image_id = base.string("image_id")
+    if image_id:
+        validate_ami_id(image_id, f"apps.{app}.base_image.image_id")
+    base_image = BaseImageConfig(image_id, base.string("name_pattern"), base.strings("owners"))
+    if not (base_image.image_id or base_image.name_pattern):
+        raise InvalidInput(f"apps.{app}.base_image", "needs image_id or name_pattern")
+
+    runtime = merged.get("runtime_config") or {}
+    if not isinstance(runtime, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str | int | float | bool) for k, v in runtime.items()
+    ):
+        raise InvalidInput(f"{where}.runtime_config", "must map parameter names to plain values")
+
+    nightly_reader = env.mapping("nightly")
+    nightly, schedule = False, "0 3 * * *"
+    if nightly_reader is not None:
+        nightly_reader.unknown_keys({"enabled", "schedule"})
+        nightly = nightly_reader.boolean("enabled", False)
+        schedule = nightly_reader.string("schedule", schedule)
+
+    ssm_prefix = env.string("ssm_prefix", f"/immutable/{app}/{environment}")
+    if not ssm_prefix.startswith("/") or " " in ssm_prefix:
+        raise InvalidInput(f"{where}.ssm_prefix", "must be an absolute parameter path without spaces")
+
+    return EnvironmentConfig(
+        app=app,
+        environment=environment,
+        packer_template=template,
+        base_image=base_image,
+        release_url=app_reader.string("release_url", ""),
+        instance_type=env.string("instance_type", "t3.micro"),
+        subnets=env.strings("subnets", required=True, non_empty=True),
+        security_groups=env.strings("security_groups"),
+        target_groups=env.strings("target_groups", required=True, non_empty=True),
+        staging=staging,
+        first_deploy_capacity=_capacity(
+            env.mapping("first_deploy_capacity"), f"{where}.first_deploy_capacity"
+        ),
+        health_timeout_seconds=env.integer("health_timeout_seconds", None, minimum=1),
+        drain_timeout_seconds=env.integer("drain_timeout_seconds", None, minimum=1),
+        in_service_timeout_seconds=env.integer("in_service_timeout_seconds", 900, minimum=1),
+        bake_timeout_seconds=env.integer("bake_timeout_seconds", 3600, minimum=1),
+        keep_old_groups=env.integer("keep_old_groups", 0),
+        keep_images=env.integer("keep_images", 5, minimum=1),
+        observation_minutes=env.number("observation_minutes", 0.0),
+        alarms=env.strings("alarms"),
+        nightly=nightly,
+        nightly_schedule=schedule,
+        ssm_prefix=ssm_prefix.rstrip("/"),
+        runtime_config={k: str(v) for k, v in runtime.items()},
+    )
+
+
+def parse_config(text: str, path: Path) -> DeploymentConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise InvalidInput(str(path), f"is not valid YAML: {error}") from None
+    root = _Reader(data, "config")
+    root.unknown_keys({"apps"})
+    apps = root.mapping("apps", required=True)
+    assert apps is not None
+    environments: dict[tuple[str, str], EnvironmentConfig] = {}
+    for app_name, app_data in apps.data.items():
+        app = validate_app(app_name, f"apps.{app_name!r}")
+        app_reader = _Reader(app_data, f"apps.{app}")
+        app_reader.unknown_keys(_APP_FIELDS)
+        envs = app_reader.mapping("environments", required=True)
+        assert envs is not None
+        for env_name, env_data in envs.data.items():
+            config = _environment(app, app_reader, env_name, env_data, path.parent)
+            environments[(app, config.environment)] = config
+    return DeploymentConfig(path=path, environments=environments)
+
+
+def config_path() -> Path:
+    return Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: Path | None = None) -> DeploymentConfig:
+    path = path or config_path()
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise InvalidInput(CONFIG_ENV_VAR, f"cannot read the configuration file {path}: {error}") from None
+    return parse_config(text, path)

@@ -1,0 +1,110 @@
+"""Names, tags and validation of the identifiers every phase shares (app, environment, version)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from immudeploy.core.errors import InvalidInput
+
+TAG_APP = "immutable:app"
+TAG_ENVIRONMENT = "immutable:environment"
+TAG_VERSION = "immutable:version"
+# Which run created a resource: lets a retried create find what its first attempt made.
+TAG_DEPLOY_ID = "immutable:deploy-id"
+# sha256 of the Packer template directory plus the inputs that change the image.
+TAG_BAKE_FINGERPRINT = "immutable:bake-fingerprint"
+TAG_BASE_IMAGE = "immutable:base-image"
+# "disabled" marks a group that was detached on purpose and kept for an instant rollback.
+TAG_STATE = "immutable:state"
+STATE_DISABLED = "disabled"
+# "min,max,desired" to restore after the swap; present only while a group's capacity is pinned,
+# so a run that crashed mid-swap can still restore it.
+TAG_RESTORE_CAPACITY = "immutable:restore-capacity"
+
+# Lower-case DNS-label-like names: they end up in ASG, launch template and AMI names and SSM paths.
+APP_PATTERN = r"^[a-z][a-z0-9]{0,29}$"
+ENVIRONMENT_PATTERN = r"^[a-z][a-z0-9]{0,19}$"
+# A release version: semantic version or a plain build tag, no spaces or shell metacharacters.
+VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$"
+AMI_ID_PATTERN = r"^ami-[0-9a-f]{8,17}$"
+GIT_SHA_PATTERN = r"^[0-9a-f]{7,40}$"
+
+_SERVER_GROUP_RE = re.compile(
+    r"^(?P<app>[a-z][a-z0-9]*)-(?P<environment>[a-z][a-z0-9]*)-v(?P<sequence>\d{3,})$"
+)
+
+
+def _check(field: str, value: object, pattern: str, meaning: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(field, f"must be a string, got {type(value).__name__}")
+    if not re.fullmatch(pattern, value):
+        raise InvalidInput(field, f"{value!r} is not {meaning} (pattern {pattern})")
+    return value
+
+
+def validate_app(value: object, field: str = "app") -> str:
+    return _check(field, value, APP_PATTERN, "a lower-case app name of at most 30 letters and digits")
+
+
+def validate_environment(value: object, field: str = "environment") -> str:
+    return _check(field, value, ENVIRONMENT_PATTERN, "a lower-case environment name of at most 20 characters")
+
+
+def validate_version(value: object, field: str = "version") -> str:
+    return _check(field, value, VERSION_PATTERN, "a release version (letters, digits, '.', '_', '-')")
+
+
+def validate_ami_id(value: object, field: str = "ami_id") -> str:
+    return _check(field, value, AMI_ID_PATTERN, "an AMI id like ami-0123456789abcdef0")
+
+
+def validate_git_sha(value: object, field: str = "git_sha") -> str:
+    return _check(field, value, GIT_SHA_PATTERN, "a hexadecimal git commit id (7 to 40 characters)")
+
+
+@dataclass(frozen=True, order=True)
+class ServerGroupName:
+    """`{app}-{environment}-v{NNN}`: one Auto Scaling group (and its launch template) per release."""
+
+    app: str
+    environment: str
+    sequence: int
+
+    def __str__(self) -> str:
+        return f"{self.app}-{self.environment}-v{self.sequence:03d}"
+
+    @classmethod
+    def parse(cls, name: str) -> ServerGroupName | None:
+        match = _SERVER_GROUP_RE.match(name)
+        if match is None:
+            return None
+        return cls(match["app"], match["environment"], int(match["sequence"]))
+
+    def next(self) -> ServerGroupName:
+        return ServerGroupName(self.app, self.environment, self.sequence + 1)
+
+
+def identity_tags(app: str, environment: str, version: str) -> dict[str, str]:
+    return {TAG_APP: app, TAG_ENVIRONMENT: environment, TAG_VERSION: version}
+
+
+def as_aws_tags(tags: dict[str, str]) -> list[dict[str, str]]:
+    return [{"Key": key, "Value": value} for key, value in sorted(tags.items())]
+
+
+def from_aws_tags(tags: list[dict[str, str]] | None) -> dict[str, str]:
+    return {tag["Key"]: tag["Value"] for tag in tags or []}
+
+
+def target_group_label(arn: str) -> str:
+    """`arn:...:targetgroup/web/0123abcd` -> `web`: what a person recognises in the console and logs."""
+    parts = arn.rsplit(":", 1)[-1].split("/")
+    return parts[1] if len(parts) == 3 else arn
+
+
+def listed(items: Sequence[str], limit: int = 20) -> str:
+    """The first `limit` items and a count of the rest: log lines stay readable for big fleets."""
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"

@@ -1,0 +1,115 @@
+"""The domain's values: a group's capacity, a server group as read from AWS, and a run's plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from immudeploy.core.errors import InvalidInput
+from immudeploy.core.naming import TAG_RESTORE_CAPACITY
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Auto Scaling group size limits."""
+
+    min: int
+    max: int
+    desired: int
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(value, int) and value >= 0 for value in (self.min, self.max, self.desired)):
+            raise InvalidInput("capacity", f"min, max and desired must be integers >= 0, got {self}")
+        if not self.min <= self.desired <= self.max:
+            raise InvalidInput("capacity", f"needs min <= desired <= max, got {self}")
+
+    def pinned(self) -> Capacity:
+        """min = max = desired: nothing scales the group while the swap runs."""
+        return Capacity(self.desired, self.desired, self.desired)
+
+    def to_tag(self) -> str:
+        return f"{self.min},{self.max},{self.desired}"
+
+    @classmethod
+    def from_tag(cls, value: str) -> Capacity:
+        try:
+            low, high, desired = (int(part) for part in value.split(","))
+        except ValueError as error:
+            raise InvalidInput(TAG_RESTORE_CAPACITY, f"{value!r} is not 'min,max,desired'") from error
+        return cls(low, high, desired)
+
+
+@dataclass
+class ServerGroup:
+    """One release's Auto Scaling group as read from AWS (image and network from its launch template)."""
+
+    name: str
+    app: str
+    environment: str
+    sequence: int
+    version: str | None
+    image_id: str | None
+    launch_template_name: str | None
+    capacity: Capacity
+    instance_type: str | None
+    subnet_ids: list[str]
+    security_group_ids: list[str]
+    target_group_arns: list[str]
+    # InService or Pending instances: the ones that serve, or are about to serve, this release.
+    instance_ids: list[str]
+    suspended_processes: list[str]
+    deploy_id: str | None
+    created_time: str
+    disabled: bool = False
+    restore_capacity: Capacity | None = None
+
+
+@dataclass
+class StagingPlan:
+    target_group_arn: str
+    subnet_ids: list[str]
+    endpoint: str
+    test_command: list[str]
+    test_timeout_seconds: int
+    capacity: int
+
+
+@dataclass
+class DeployPlan:
+    """Everything the later steps need, decided once at the start of a run (and read under the lock)."""
+
+    dag_id: str
+    run_id: str
+    deploy_id: str
+    app: str
+    environment: str
+    version: str
+    git_sha: str | None
+    ami_id: str | None
+    instance_type: str
+    subnet_ids: list[str]
+    security_group_ids: list[str]
+    target_group_arns: list[str]
+    staging: StagingPlan | None
+    # The group serving when the run started (None: first deploy) and the size the new one gets.
+    live: ServerGroup | None
+    capacity: Capacity
+    keep_old_groups: int
+    keep_images: int
+    observation_seconds: float
+    alarms: list[str]
+    health_timeout_seconds: int | None
+    drain_timeout_seconds: int | None
+    in_service_timeout_seconds: int
+    bake_timeout_seconds: int
+    ssm_prefix: str
+    runtime_config: dict[str, str]
+    base_image_id: str | None
+    base_image_name_pattern: str | None
+    base_image_owners: list[str]
+    packer_template: str
+    release_url: str
+    planned_at: str
+    # Rollback only: "swap" to a kept group, or "redeploy" the previous image.
+    rollback_mode: str | None = None
+    rollback_group: str | None = None
+    notes: list[str] = field(default_factory=list)

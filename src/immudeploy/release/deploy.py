@@ -1,0 +1,298 @@
+"""The steps of a release as plain functions over a plan; the Airflow tasks call these."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from immudeploy.aws import release_config
+from immudeploy.aws.groups.capacity import pin_capacity, restore_capacity
+from immudeploy.aws.groups.inventory import describe_server_group, find_server_groups, live_server_group
+from immudeploy.aws.groups.launch import LaunchSpec, launch_server_group
+from immudeploy.aws.groups.retire import delete_server_group, retire_server_groups
+from immudeploy.aws.groups.traffic import attach_server_group, detach_server_group
+from immudeploy.aws.images import delete_unused_images, require_image
+from immudeploy.aws.network import resolve_environment
+from immudeploy.core.config import DeploymentConfig, EnvironmentConfig
+from immudeploy.core.errors import DeployError
+from immudeploy.core.naming import (
+    validate_ami_id,
+    validate_app,
+    validate_environment,
+    validate_git_sha,
+    validate_version,
+)
+from immudeploy.core.plan import Capacity, DeployPlan, ServerGroup, StagingPlan
+from immudeploy.release.observe import observe_release
+
+log = logging.getLogger(__name__)
+
+# Staging groups live beside the environment's own groups under a name of their own.
+STAGING_SUFFIX = "stg"
+
+
+def deploy_id_for(dag_id: str, run_id: str) -> str:
+    """A short, stable id of one DAG run; tags what the run creates so a retry finds it again."""
+    digest = hashlib.sha256(f"{dag_id}/{run_id}".encode()).hexdigest()[:16]
+    return f"{dag_id[:40]}-{digest}"
+
+
+def staging_environment(environment: str) -> str:
+    return f"{environment}{STAGING_SUFFIX}"
+
+
+def validate_deploy_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Run conf is data: check every field again here, whatever the trigger form already checked."""
+    checked: dict[str, Any] = {
+        "app": validate_app(params.get("app")),
+        "environment": validate_environment(params.get("environment")),
+        "version": validate_version(params.get("version")),
+        "ami_id": None,
+        "git_sha": None,
+    }
+    if params.get("ami_id"):
+        checked["ami_id"] = validate_ami_id(params["ami_id"])
+    if params.get("git_sha"):
+        checked["git_sha"] = validate_git_sha(params["git_sha"])
+    return checked
+
+
+def base_plan(clients: Any, env: EnvironmentConfig, dag_id: str, run_id: str, version: str) -> dict[str, Any]:
+    resolved = resolve_environment(clients.ec2, clients.elbv2, env)
+    live = live_server_group(clients, env.app, env.environment, resolved.target_group_arns)
+    if live is not None:
+        # A group pinned by an interrupted swap reports its pinned size; its restore tag has the real one.
+        size = live.restore_capacity or live.capacity
+        capacity = Capacity(size.min, size.max, max(live.capacity.desired, 1))
+    else:
+        first = env.first_deploy_capacity
+        capacity = Capacity(first.min, first.max, first.desired)
+    staging = None
+    if env.staging is not None and resolved.staging_target_group_arn:
+        staging = StagingPlan(
+            target_group_arn=resolved.staging_target_group_arn,
+            subnet_ids=resolved.staging_subnet_ids,
+            endpoint=resolved.staging_endpoint,
+            test_command=list(env.staging.test_command),
+            test_timeout_seconds=env.staging.test_timeout_seconds,
+            capacity=env.staging.capacity,
+        )
+    return {
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "deploy_id": deploy_id_for(dag_id, run_id),
+        "app": env.app,
+        "environment": env.environment,
+        "version": version,
+        "instance_type": env.instance_type,
+        "subnet_ids": resolved.subnet_ids,
+        "security_group_ids": resolved.security_group_ids,
+        "target_group_arns": resolved.target_group_arns,
+        "staging": staging,
+        "live": live,
+        "capacity": capacity,
+        "keep_old_groups": env.keep_old_groups,
+        "keep_images": env.keep_images,
+        "observation_seconds": env.observation_minutes * 60,
+        "alarms": list(env.alarms),
+        "health_timeout_seconds": env.health_timeout_seconds,
+        "drain_timeout_seconds": env.drain_timeout_seconds,
+        "in_service_timeout_seconds": env.in_service_timeout_seconds,
+        "bake_timeout_seconds": env.bake_timeout_seconds,
+        "ssm_prefix": env.ssm_prefix,
+        "runtime_config": dict(env.runtime_config),
+        "base_image_id": env.base_image.image_id,
+        "base_image_name_pattern": env.base_image.name_pattern,
+        "base_image_owners": list(env.base_image.owners),
+        "packer_template": str(env.packer_template),
+        "release_url": env.release_url,
+        "planned_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def plan_deploy(
+    clients: Any, config: DeploymentConfig, params: Mapping[str, Any], dag_id: str, run_id: str
+) -> DeployPlan:
+    checked = validate_deploy_params(params)
+    env = config.get(checked["app"], checked["environment"])
+    base = base_plan(clients, env, dag_id, run_id, checked["version"])
+    plan = DeployPlan(git_sha=checked["git_sha"], ami_id=checked["ami_id"], **base)
+    if plan.ami_id:
+        require_image(clients.ec2, plan.ami_id, plan.app, "ami_id")
+    return plan
+
+
+# --- staging -------------------------------------------------------------------------------------
+
+
+def _launch_spec(
+    plan: DeployPlan,
+    image_id: str,
+    *,
+    environment: str,
+    subnet_ids: list[str],
+    target_group_arns: list[str],
+    capacity: Capacity,
+) -> LaunchSpec:
+    """A group of this run's release; every group a run launches is tagged with its deploy id."""
+    return LaunchSpec(
+        app=plan.app,
+        environment=environment,
+        version=plan.version,
+        image_id=image_id,
+        deploy_id=plan.deploy_id,
+        instance_type=plan.instance_type,
+        subnet_ids=subnet_ids,
+        security_group_ids=plan.security_group_ids,
+        target_group_arns=target_group_arns,
+        capacity=capacity,
+        ssm_config_path=release_path(plan),
+        cache_key_prefix=_cache_prefix(plan),
+    )
+
+
+def launch_staging(clients: Any, plan: DeployPlan, image_id: str) -> ServerGroup | None:
+    if plan.staging is None:
+        return None
+    staging = plan.staging
+    spec = _launch_spec(
+        plan,
+        image_id,
+        environment=staging_environment(plan.environment),
+        subnet_ids=staging.subnet_ids,
+        # Registered in the staging target group only: production traffic never reaches it.
+        target_group_arns=[staging.target_group_arn],
+        capacity=Capacity(staging.capacity, staging.capacity, staging.capacity),
+    )
+    return launch_server_group(clients, spec)
+
+
+def teardown_staging(clients: Any, plan: DeployPlan) -> list[str]:
+    """Delete every staging group this run made (whatever happened to the tests)."""
+    deleted = []
+    for group in find_server_groups(clients, plan.app, staging_environment(plan.environment)):
+        if group.deploy_id == plan.deploy_id and delete_server_group(clients, group.name, force=True):
+            deleted.append(group.name)
+    return deleted
+
+
+def staging_test_command(plan: DeployPlan) -> list[str]:
+    """The configured argv; a bare `python` means the interpreter Airflow runs on."""
+    assert plan.staging is not None
+    command = list(plan.staging.test_command)
+    if command and command[0] in ("python", "python3"):
+        command[0] = sys.executable
+    return command
+
+
+# --- release configuration ---------------------------------------------------------------------
+
+
+def release_path(plan: DeployPlan) -> str:
+    return release_config.release_path(plan.ssm_prefix, plan.version)
+
+
+def _cache_prefix(plan: DeployPlan) -> str:
+    return release_config.cache_key_prefix(plan.app, plan.environment, plan.version)
+
+
+def publish_config(clients: Any, plan: DeployPlan) -> dict[str, Any]:
+    extra = {"GIT_SHA": plan.git_sha} if plan.git_sha else {}
+    published = release_config.publish_release_config(
+        clients.ssm, plan.ssm_prefix, plan.app, plan.environment, plan.version, plan.runtime_config, extra
+    )
+    return {"path": published.path, "cache_key_prefix": published.cache_key_prefix}
+
+
+# --- the fleet ---------------------------------------------------------------------------------
+
+
+def launch_fleet(clients: Any, plan: DeployPlan, image_id: str) -> ServerGroup:
+    """The new group, sized like the live one and pinned; the live group is pinned too."""
+    capacity = plan.capacity
+    live = plan.live
+    if live is not None and describe_server_group(clients, live.name) is not None:
+        # Nothing may scale the old fleet in while the new one comes up (no race on its size).
+        pin_capacity(clients, live.name, live.capacity)
+    # Not in the load balancer yet: the cutover attaches it once it is InService.
+    spec = _launch_spec(
+        plan,
+        image_id,
+        environment=plan.environment,
+        subnet_ids=plan.subnet_ids,
+        target_group_arns=[],
+        capacity=capacity.pinned(),
+    )
+    return launch_server_group(clients, spec)
+
+
+def attach_fleet(clients: Any, plan: DeployPlan, group_name: str) -> ServerGroup:
+    return attach_server_group(clients, group_name, plan.target_group_arns)
+
+
+def detach_old_fleet(clients: Any, plan: DeployPlan, new_group_name: str) -> list[str]:
+    """Take the previously live group out of the load balancer; returns the instances now draining."""
+    live = plan.live
+    if live is None or live.name == new_group_name:
+        log.info("No previous group to detach (first deploy)")
+        return []
+    current = describe_server_group(clients, live.name)
+    if current is None:
+        return []
+    detach_server_group(clients, live.name, plan.target_group_arns)
+    return list(current.instance_ids)
+
+
+def finish_swap(clients: Any, plan: DeployPlan, new_group_name: str) -> ServerGroup:
+    """The new group gets the old group's min and max back and autoscales normally again."""
+    live = plan.live
+    target = plan.capacity
+    if live is not None:
+        original = live.restore_capacity or live.capacity
+        target = Capacity(original.min, original.max, target.desired)
+    return restore_capacity(clients, new_group_name, target)
+
+
+def retire(
+    clients: Any, plan: DeployPlan, new_group_name: str, also_delete: list[str] | None = None
+) -> dict[str, Any]:
+    deleted = []
+    for name in also_delete or []:
+        if delete_server_group(clients, name, force=True):
+            deleted.append(name)
+    deleted += retire_server_groups(
+        clients, plan.app, plan.environment, plan.keep_old_groups, new_group_name, plan.target_group_arns
+    )
+    images = delete_unused_images(clients, plan.app, plan.keep_images)
+    kept = [
+        g.name
+        for g in find_server_groups(clients, plan.app, plan.environment)
+        if g.name != new_group_name and g.name not in deleted
+    ]
+    return {"deleted_groups": deleted, "deleted_images": images, "kept_groups": kept}
+
+
+def observe(
+    clients: Any, plan: DeployPlan, new_group_name: str, poll_interval: float = 5.0
+) -> dict[str, Any]:
+    """Watch the new fleet for the configured window; a failure raises and the swap is undone."""
+    group = describe_server_group(clients, new_group_name)
+    if group is None:
+        raise DeployError(f"server group {new_group_name} disappeared during the observation window")
+    result = observe_release(
+        clients.elbv2,
+        clients.cloudwatch,
+        target_group_arns=plan.target_group_arns,
+        instance_ids=group.instance_ids,
+        alarm_names=plan.alarms,
+        duration_seconds=plan.observation_seconds,
+        poll_interval=min(poll_interval, max(plan.observation_seconds, 0.1)),
+        log=log,
+    )
+    if not result.ok:
+        raise DeployError(f"observation window failed after {result.checks} checks: {result.reason}")
+    return {"checks": result.checks, "seconds": plan.observation_seconds}

@@ -1,0 +1,699 @@
+"""immudeploy-local: a moto server and Airflow's components on loopback, and a real deploy through the REST API.
+
+`up` starts a moto server (the AWS stand-in) and Airflow's api-server, scheduler, dag-processor and
+triggerer as separate processes, each in its own session, under a state directory (default `.local/`
+in the repository). It seeds a demo network, deploys version 1.0.0 (the live fleet, baked by real
+Packer) and then 2.0.0 through the REST API, printing every task's state change. `down` stops exactly
+the processes `up` started; `status` says what runs and where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+
+from immudeploy.core.config import REPO_ROOT
+from immudeploy_ci.api import DEPLOY_DAG_ID, EXIT_SUCCESS, AirflowApi, CiError, Credentials
+from immudeploy_ci.client import run_and_follow
+
+APP = "shop"
+ENVIRONMENT = "prod"
+LIVE_VERSION = "1.0.0"
+NEW_VERSION = "2.0.0"
+REGION = "us-east-1"
+DEPLOYER = "deployer"
+VIEWER = "viewer"
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+STATE_FILE = "stack.json"
+PASSWORDS_FILE = "passwords.json"
+# url, username and password for `immudeploy-ci --credentials-file`.
+CI_CREDENTIALS_FILE = "ci-credentials.json"
+# Every process `up` starts carries this variable (value: the stack's id); children inherit it, so
+# `down` also finds a Packer run, which has a session of its own. Airflow's processes that set their
+# title (api-server, task supervisors) lose a readable environment: they are found by session.
+MARKER_VARIABLE = "IMMUDEPLOY_LOCAL_STACK"
+
+START_TIMEOUT = 240.0
+MIGRATE_TIMEOUT = 300.0
+DEPLOY_TIMEOUT = 900.0
+STOP_GRACE_SECONDS = 30.0
+
+T = TypeVar("T")
+
+
+class StackError(Exception):
+    """`up`, `down` or `status` cannot go on; the message says what it waited for or what failed."""
+
+
+@dataclass
+class StackProcess:
+    name: str
+    pid: int
+    create_time: float
+    log: str
+
+
+@dataclass
+class StackState:
+    stack_id: str
+    state_dir: str
+    airflow_home: str
+    moto_url: str
+    api_url: str
+    started_at: float
+    processes: list[StackProcess] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.state_dir) / STATE_FILE
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        temporary.replace(self.path)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> StackState | None:
+        path = state_dir / STATE_FILE
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        data["processes"] = [StackProcess(**p) for p in data.get("processes", [])]
+        return cls(**data)
+
+
+def say(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def free_port() -> int:
+    """A free loopback port (another process could take it before we bind: good enough locally)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float, interval: float = 1.0) -> T:
+    """Calls `check` until it returns something other than None; says what it waits for, and fails
+    naming it after `timeout` seconds. `check` may raise StackError to give up early."""
+    say(f"  waiting for {what} (up to {timeout:.0f} s)")
+    started = time.monotonic()
+    last_error: str | None = None
+    while True:
+        try:
+            result = check()
+        except (requests.RequestException, CiError) as error:
+            result, last_error = None, str(error)
+        if result is not None:
+            say(f"  ... {what}: ready after {time.monotonic() - started:.1f} s")
+            return result
+        if time.monotonic() - started > timeout:
+            raise StackError(
+                f"timed out after {timeout:.0f} s waiting for {what}"
+                + (f" (last error: {last_error})" if last_error else "")
+            )
+        time.sleep(interval)
+
+
+# --- processes --------------------------------------------------------------------------------------
+
+
+def _alive(process: StackProcess) -> bool:
+    import psutil
+
+    try:
+        found = psutil.Process(process.pid)
+        # A different create time means the pid was reused by an unrelated process.
+        return abs(found.create_time() - process.create_time) < 1.0 and found.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def start_process(
+    state: StackState, name: str, argv: list[str], env: dict[str, str], log_dir: Path
+) -> StackProcess:
+    """Starts one component in its own session, output to logs/<name>.log; recorded at once in the state file."""
+    import psutil
+
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("ab") as log:
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=state.state_dir,
+            start_new_session=True,
+        )
+    try:
+        create_time = psutil.Process(popen.pid).create_time()
+    except psutil.Error:
+        create_time = time.time()
+    process = StackProcess(name=name, pid=popen.pid, create_time=create_time, log=str(log_path))
+    state.processes.append(process)
+    state.save()
+    return process
+
+
+def log_tail(path: str | Path, lines: int = 25) -> str:
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(f"    {line}" for line in text[-lines:])
+
+
+def _session_members(recorded: StackProcess) -> list[Any]:
+    """Processes in the session `up` started for this component (its leader's pid is the session id).
+
+    Linux does not reuse a pid while it is some process's session id, so members found while the
+    leader is gone are the leader's orphans; a live pid with another create time is a reused pid.
+    """
+    import psutil
+
+    if psutil.pid_exists(recorded.pid) and not _alive(recorded):
+        return []
+    members = []
+    for candidate in psutil.process_iter(["pid"]):
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getsid(candidate.pid) == recorded.pid and candidate.status() != psutil.STATUS_ZOMBIE:
+                members.append(candidate)
+    return members
+
+
+def _stack_processes(state: StackState) -> list[Any]:
+    """Every live process of the stack: the recorded ones and their sessions, their descendants in
+    other sessions (Packer runs in its own), and processes carrying the stack's marker variable
+    (an orphan that left its session; processes that set their title lose their readable environ)."""
+    import psutil
+
+    found: dict[int, Any] = {}
+    for recorded in state.processes:
+        for member in _session_members(recorded):
+            found[member.pid] = member
+        if _alive(recorded):
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(recorded.pid).children(recursive=True):
+                    found[child.pid] = child
+    for candidate in psutil.process_iter(["pid"]):
+        if candidate.pid in found or candidate.pid == os.getpid():
+            continue
+        with contextlib.suppress(psutil.Error):
+            if candidate.environ().get(MARKER_VARIABLE) == state.stack_id:
+                found[candidate.pid] = candidate
+    return list(found.values())
+
+
+def stop_stack(state: StackState, grace: float = STOP_GRACE_SECONDS) -> list[str]:
+    """SIGTERM to each recorded process's session group (the components first, moto last), SIGKILL
+    to whatever is left after `grace` seconds. Returns what had to be killed."""
+    import psutil
+
+    victims = _stack_processes(state)
+    for recorded in reversed(state.processes):
+        if _session_members(recorded):
+            # start_new_session made the pid the group id: the group holds its workers too.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(recorded.pid, signal.SIGTERM)
+    for victim in victims:
+        with contextlib.suppress(psutil.Error):
+            victim.terminate()
+    _, still_alive = psutil.wait_procs(victims, timeout=grace)
+    killed = []
+    for victim in still_alive:
+        with contextlib.suppress(psutil.Error):
+            killed.append(f"{victim.pid} ({' '.join(victim.cmdline()[:3])})")
+            victim.kill()
+    psutil.wait_procs(still_alive, timeout=10)
+    leftovers = _stack_processes(state)
+    if leftovers:
+        raise StackError(f"processes of the stack still run after SIGKILL: {[p.pid for p in leftovers]}")
+    return killed
+
+
+# --- configuration ------------------------------------------------------------------------------------
+
+
+def write_private(path: Path, text: str) -> None:
+    """Creates the file readable by its owner only (0600) before any secret is written into it."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+
+
+def write_airflow_config(home: Path, api_url: str, api_port: int, passwords_file: Path) -> Path:
+    """airflow.cfg for the stack (0600: it holds the JWT secret and the Fernet key)."""
+    from cryptography.fernet import Fernet
+
+    config = configparser.ConfigParser(interpolation=None)
+    config["core"] = {
+        "executor": "LocalExecutor",
+        "parallelism": "4",
+        "load_examples": "False",
+        "dags_folder": str(REPO_ROOT / "dags"),
+        "plugins_folder": str(REPO_ROOT / "plugins"),
+        "auth_manager": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "simple_auth_manager_users": f"{DEPLOYER}:admin,{VIEWER}:viewer",
+        "simple_auth_manager_passwords_file": str(passwords_file),
+        "fernet_key": Fernet.generate_key().decode(),
+        "execution_api_server_url": f"{api_url}/execution/",
+    }
+    config["database"] = {"sql_alchemy_conn": f"sqlite:///{home / 'airflow.db'}"}
+    config["api"] = {
+        "base_url": api_url,
+        "host": "127.0.0.1",
+        "port": str(api_port),
+        "workers": "1",
+        "secret_key": secrets.token_urlsafe(32),
+    }
+    config["api_auth"] = {"jwt_secret": secrets.token_urlsafe(32)}
+    config["logging"] = {"base_log_folder": str(home / "logs")}
+    path = home / "airflow.cfg"
+    lines: list[str] = []
+    for section in config.sections():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {value}" for key, value in config[section].items())
+        lines.append("")
+    write_private(path, "\n".join(lines))
+    return path
+
+
+def component_environment(home: Path, moto_url: str, stack_id: str) -> dict[str, str]:
+    """The components' environment: the caller's, minus any Airflow or AWS settings of its own."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AWS_", "IMMUDEPLOY_"))
+        and k not in ("AIRFLOW_HOME", "AIRFLOW_CONFIG")
+    }
+    venv_bin = str(Path(sys.executable).parent)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW_CONFIG": str(home / "airflow.cfg"),
+            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+                {
+                    "conn_type": "aws",
+                    "login": "testing",
+                    "password": "testing",
+                    "extra": {"region_name": REGION, "endpoint_url": moto_url},
+                }
+            ),
+            "IMMUDEPLOY_CONFIG": str(REPO_ROOT / "config" / "deployments.yaml"),
+            # moto answers at once: short polls and retry delays keep a demo deploy around a minute.
+            "IMMUDEPLOY_POLL_SECONDS": "2",
+            "IMMUDEPLOY_RETRY_DELAY_SECONDS": "3",
+            "IMMUDEPLOY_LOCK_WAIT_SECONDS": "600",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
+            "PYTHONUNBUFFERED": "1",
+            MARKER_VARIABLE: stack_id,
+        }
+    )
+    return env
+
+
+# --- waiting for the components -------------------------------------------------------------------------
+
+
+def _check_alive(state: StackState) -> None:
+    for process in state.processes:
+        if not _alive(process):
+            raise StackError(f"{process.name} exited; the end of {process.log}:\n{log_tail(process.log)}")
+
+
+def _health(api_url: str) -> dict[str, Any]:
+    response = requests.get(f"{api_url}/api/v2/monitor/health", timeout=5)
+    response.raise_for_status()
+    return dict(response.json())
+
+
+def wait_until_ready(state: StackState, api: AirflowApi, timeout: float) -> None:
+    def api_answers() -> bool | None:
+        _check_alive(state)
+        return True if _health(state.api_url)["metadatabase"]["status"] == "healthy" else None
+
+    def components_heartbeat() -> bool | None:
+        _check_alive(state)
+        health = _health(state.api_url)
+        parts = [health.get(name) or {} for name in ("scheduler", "triggerer", "dag_processor")]
+        return True if all(part.get("status") == "healthy" for part in parts) else None
+
+    def dag_parsed() -> bool | None:
+        _check_alive(state)
+        errors = api.get_json("/api/v2/importErrors")["import_errors"]
+        if errors:
+            first = errors[0]
+            raise StackError(
+                f"the DAG folder has an import error in {first['filename']}:\n{first['stack_trace']}"
+            )
+        response = api.request("GET", f"/api/v2/dags/{DEPLOY_DAG_ID}")
+        return True if response.status_code == 200 else None
+
+    wait_for(f"the API at {state.api_url}", api_answers, timeout)
+    wait_for("scheduler, triggerer and dag-processor heartbeats", components_heartbeat, timeout)
+    wait_for(f"DAG {DEPLOY_DAG_ID} to be parsed", dag_parsed, timeout)
+
+
+# --- AWS (moto) -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Clients:
+    ec2: Any
+    autoscaling: Any
+    elbv2: Any
+    ssm: Any
+
+
+def moto_clients(moto_url: str) -> _Clients:
+    import boto3
+
+    def client(service: str) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=moto_url,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    return _Clients(client("ec2"), client("autoscaling"), client("elbv2"), client("ssm"))
+
+
+def live_groups(moto_url: str) -> list[str]:
+    """Server groups of the demo app in moto, by name."""
+    groups = moto_clients(moto_url).autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
+    return sorted(
+        g["AutoScalingGroupName"] for g in groups if g["AutoScalingGroupName"].startswith(f"{APP}-")
+    )
+
+
+# --- commands --------------------------------------------------------------------------------------------
+
+
+def default_state_dir() -> Path:
+    return REPO_ROOT / ".local"
+
+
+def print_access(state: StackState) -> None:
+    state_dir = Path(state.state_dir)
+    say(f"UI:       {state.api_url}/dags/{DEPLOY_DAG_ID}")
+    say(f"login:    user {DEPLOYER}, password in {state_dir / PASSWORDS_FILE} (key {DEPLOYER!r})")
+    say(f"          read-only user {VIEWER} in the same file")
+    say(f"moto:     {state.moto_url}")
+    say(f"logs:     {state_dir / 'logs'}")
+    say(
+        f"CI:       immudeploy-ci deploy --app {APP} --environment {ENVIRONMENT} --version 3.0.0 "
+        f"--credentials-file {state_dir / CI_CREDENTIALS_FILE}"
+    )
+    say(
+        "stop:     immudeploy-local down"
+        + ("" if state_dir == default_state_dir() else f" --state-dir {state_dir}")
+    )
+
+
+def _credentials(state: StackState) -> Credentials:
+    passwords = json.loads((Path(state.state_dir) / PASSWORDS_FILE).read_text())
+    return Credentials(url=state.api_url, username=DEPLOYER, password=passwords[DEPLOYER])
+
+
+def _running(state_dir: Path) -> StackState | None:
+    state = StackState.load(state_dir)
+    if state is None:
+        return None
+    if any(_alive(p) for p in state.processes):
+        return state
+    # A stack whose processes all died (a reboot, a kill): forget it.
+    stop_stack(state, grace=5)
+    state.path.unlink(missing_ok=True)
+    return None
+
+
+def _deploy(api: AirflowApi, version: str, timeout: float) -> tuple[int, dict[str, Any]]:
+    say(f"\n== deploy {APP}/{ENVIRONMENT} {version} through the REST API")
+    return run_and_follow(
+        api,
+        DEPLOY_DAG_ID,
+        {"app": APP, "environment": ENVIRONMENT, "version": version},
+        timeout=timeout,
+        poll_interval=1.0,
+        note=f"immudeploy-local up: {version}",
+    )
+
+
+def print_change(summary: dict[str, Any]) -> None:
+    say("\n== what changed")
+    say(f"server group: {summary.get('replaced') or '(none)'} -> {summary.get('server_group')}")
+    say(f"image:        {summary.get('image_id')}")
+    say(f"version:      {summary.get('version')}")
+    phases = summary.get("phase_seconds") or {}
+    say("phases:       " + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in phases.items()))
+    if summary.get("deleted_groups"):
+        say(f"deleted:      {', '.join(summary['deleted_groups'])}")
+
+
+def start_stack(state_dir: Path, timeout: float) -> StackState:
+    """Starts moto and Airflow, waits until the deploy DAG is parsed; on any failure stops what it started."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    home = state_dir / "airflow"
+    log_dir = state_dir / "logs"
+    # A fresh stack: moto's state is gone, so the old run history would only mislead.
+    for stale in (home, log_dir):
+        shutil.rmtree(stale, ignore_errors=True)
+    home.mkdir()
+    log_dir.mkdir()
+    moto_port, api_port = free_port(), free_port()
+    while api_port == moto_port:
+        api_port = free_port()
+    state = StackState(
+        stack_id=f"{state_dir}#{uuid.uuid4().hex[:12]}",
+        state_dir=str(state_dir),
+        airflow_home=str(home),
+        moto_url=f"http://127.0.0.1:{moto_port}",
+        api_url=f"http://127.0.0.1:{api_port}",
+        started_at=time.time(),
+    )
+    state.save()
+    try:
+        passwords_file = state_dir / PASSWORDS_FILE
+        passwords = {DEPLOYER: secrets.token_urlsafe(18), VIEWER: secrets.token_urlsafe(18)}
+        write_private(passwords_file, json.dumps(passwords, indent=2) + "\n")
+        write_private(
+            state_dir / CI_CREDENTIALS_FILE,
+            json.dumps(
+                {"url": state.api_url, "username": DEPLOYER, "password": passwords[DEPLOYER]}, indent=2
+            )
+            + "\n",
+        )
+        write_airflow_config(home, state.api_url, api_port, passwords_file)
+        env = component_environment(home, state.moto_url, state.stack_id)
+        bin_dir = Path(sys.executable).parent
+
+        say(f"starting moto on {state.moto_url}")
+        moto = start_process(
+            state,
+            "moto",
+            [str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
+            env,
+            log_dir,
+        )
+
+        def moto_answers() -> bool | None:
+            if not _alive(moto):
+                raise StackError(f"moto exited:\n{log_tail(moto.log)}")
+            return requests.get(f"{state.moto_url}/moto-api/data.json", timeout=5).ok or None
+
+        wait_for("the moto server", moto_answers, timeout, interval=0.3)
+
+        say(f"airflow db migrate (AIRFLOW_HOME={home})")
+        started = time.monotonic()
+        with (log_dir / "db-migrate.log").open("wb") as log:
+            try:
+                migrate = subprocess.run(
+                    [str(bin_dir / "airflow"), "db", "migrate"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=state_dir,
+                    timeout=MIGRATE_TIMEOUT,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                raise StackError(f"airflow db migrate took longer than {MIGRATE_TIMEOUT:.0f} s") from None
+        if migrate.returncode != 0:
+            raise StackError(f"airflow db migrate failed:\n{log_tail(log_dir / 'db-migrate.log')}")
+        say(f"  ... migrated in {time.monotonic() - started:.1f} s")
+
+        for component in COMPONENTS:
+            process = start_process(state, component, [str(bin_dir / "airflow"), component], env, log_dir)
+            say(f"started {component} (pid {process.pid}, log {process.log})")
+        api = AirflowApi(_credentials(state))
+        wait_until_ready(state, api, timeout)
+        return state
+    except BaseException:
+        say("start failed: stopping what was started")
+        stop_stack(state)
+        state.path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _starting(state_dir: Path) -> Iterator[None]:
+    """One `up` at a time per state directory."""
+    import fcntl
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with (state_dir / ".up.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StackError(f"another `immudeploy-local up` is starting the stack in {state_dir}") from None
+        yield
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    clock = time.monotonic()
+    with _starting(state_dir):
+        running = _running(state_dir)
+        if running is not None:
+            say(f"the stack in {state_dir} is already up (started {time.ctime(running.started_at)})")
+            print_access(running)
+            return EXIT_SUCCESS
+        state = start_stack(state_dir, args.timeout)
+    say(f"stack ready after {time.monotonic() - clock:.0f} s")
+
+    from immudeploy_dev.demo import seed_demo_network
+
+    network = seed_demo_network(moto_clients(state.moto_url), APP, ENVIRONMENT)
+    say(
+        f"seeded the demo network in moto: VPC {network.vpc_id}, load balancer {network.load_balancer_dns_name}"
+    )
+    api = AirflowApi(_credentials(state))
+    try:
+        # The live fleet comes from a real deploy (bake with Packer, staging, swap): a rollback
+        # later finds a kept group and a baked image of 1.0.0.
+        if not live_groups(state.moto_url):
+            code, _ = _deploy(api, LIVE_VERSION, args.deploy_timeout)
+            if code != EXIT_SUCCESS:
+                say(f"\nthe {LIVE_VERSION} deploy failed; the stack stays up for a look:")
+                print_access(state)
+                return code
+        code, summary = _deploy(api, args.version, args.deploy_timeout)
+    except CiError as error:
+        say(f"\nimmudeploy-local: {error}")
+        print_access(state)
+        return error.exit_code
+    if code == EXIT_SUCCESS:
+        print_change(summary)
+    else:
+        say(f"\nthe {args.version} deploy failed; the stack stays up for a look:")
+    say(f"\nup in {time.monotonic() - clock:.0f} s")
+    print_access(state)
+    return code
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    state = StackState.load(state_dir)
+    if state is None:
+        say(f"no stack recorded in {state_dir}: nothing to stop")
+        return EXIT_SUCCESS
+    started = time.monotonic()
+    killed = stop_stack(state, grace=args.grace)
+    state.path.unlink(missing_ok=True)
+    names = ", ".join(p.name for p in state.processes)
+    say(f"stopped {names} in {time.monotonic() - started:.1f} s" + (f"; killed {killed}" if killed else ""))
+    return EXIT_SUCCESS
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    state = StackState.load(state_dir)
+    if state is None:
+        say(f"not running (no state file in {state_dir})")
+        return 1
+    alive = [p for p in state.processes if _alive(p)]
+    for process in state.processes:
+        say(f"{process.name:<14} pid {process.pid:<8} {'running' if process in alive else 'STOPPED'}")
+    try:
+        health = _health(state.api_url)
+        say(
+            "health:        "
+            + ", ".join(
+                f"{k} {(v or {}).get('status', '?')}" for k, v in health.items() if isinstance(v, dict)
+            )
+        )
+    except requests.RequestException as error:
+        say(f"health:        the API does not answer ({error})")
+    with contextlib.suppress(Exception):
+        say(f"server groups: {', '.join(live_groups(state.moto_url)) or 'none'}")
+    print_access(state)
+    return EXIT_SUCCESS if len(alive) == len(state.processes) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    state_help = "where logs, config and state live (default .local/ in the repository)"
+    parser = argparse.ArgumentParser(prog="immudeploy-local", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--state-dir", default=str(default_state_dir()), help=state_help)
+    # Also after the subcommand (`scripts/demo --state-dir X` runs `up --state-dir X`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", default=argparse.SUPPRESS, help=state_help)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser(
+        "up", parents=[common], help="start the stack and run a deploy through the REST API"
+    )
+    up.add_argument(
+        "--version",
+        default=NEW_VERSION,
+        help=f"version to deploy over {LIVE_VERSION} (default {NEW_VERSION})",
+    )
+    up.add_argument("--timeout", type=float, default=START_TIMEOUT, help="seconds for each start-up wait")
+    up.add_argument("--deploy-timeout", type=float, default=DEPLOY_TIMEOUT, help="seconds for each deploy")
+    down = commands.add_parser("down", parents=[common], help="stop every process the stack started")
+    down.add_argument("--grace", type=float, default=STOP_GRACE_SECONDS, help="seconds before SIGKILL")
+    commands.add_parser("status", parents=[common], help="what runs, and where")
+    return parser
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    handler = {"up": cmd_up, "down": cmd_down, "status": cmd_status}[args.command]
+    try:
+        return handler(args)
+    except StackError as error:
+        print(f"immudeploy-local: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("immudeploy-local: interrupted (`immudeploy-local down` stops what runs)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
