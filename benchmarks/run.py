@@ -402,7 +402,9 @@ def swap_once(moto: MotoServer, size: int) -> dict[str, Any]:
     step("detach old group", lambda: traffic.detach_server_group(clients, live.name, tgs))
     status = step(
         "drain check",
-        lambda: target_health.evaluate_drain(target_health.describe_targets(clients.elbv2, tgs, leaving), leaving),
+        lambda: target_health.evaluate_drain(
+            target_health.describe_targets(clients.elbv2, tgs, leaving), leaving
+        ),
     )
     _check(status, "drain")
     step("restore capacity", lambda: capacity.restore_capacity(clients, new.name, size_limits))

@@ -10,376 +10,60 @@ the processes `up` started; `status` says what runs and where.
 from __future__ import annotations
 
 import argparse
-import configparser
 import contextlib
 import json
-import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import requests
 
 from immudeploy.core.config import REPO_ROOT
 from immudeploy_ci.api import DEPLOY_DAG_ID, EXIT_SUCCESS, AirflowApi, CiError, Credentials
 from immudeploy_ci.client import run_and_follow
+from immudeploy_dev.components import (
+    DEPLOYER,
+    REGION,
+    VIEWER,
+    api_health,
+    component_environment,
+    wait_until_ready,
+    write_airflow_config,
+)
+from immudeploy_dev.processes import (
+    STOP_GRACE_SECONDS,
+    StackError,
+    StackState,
+    _alive,
+    free_port,
+    log_tail,
+    say,
+    start_process,
+    stop_stack,
+    wait_for,
+    write_private,
+)
 
 APP = "shop"
 ENVIRONMENT = "prod"
 LIVE_VERSION = "1.0.0"
 NEW_VERSION = "2.0.0"
-REGION = "us-east-1"
-DEPLOYER = "deployer"
-VIEWER = "viewer"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
-STATE_FILE = "stack.json"
 PASSWORDS_FILE = "passwords.json"
 # url, username and password for `immudeploy-ci --credentials-file`.
 CI_CREDENTIALS_FILE = "ci-credentials.json"
-# Every process `up` starts carries this variable (value: the stack's id); children inherit it, so
-# `down` also finds a Packer run, which has a session of its own. Airflow's processes that set their
-# title (api-server, task supervisors) lose a readable environment: they are found by session.
-MARKER_VARIABLE = "IMMUDEPLOY_LOCAL_STACK"
 
 START_TIMEOUT = 240.0
 MIGRATE_TIMEOUT = 300.0
 DEPLOY_TIMEOUT = 900.0
-STOP_GRACE_SECONDS = 30.0
-
-T = TypeVar("T")
-
-
-class StackError(Exception):
-    """`up`, `down` or `status` cannot go on; the message says what it waited for or what failed."""
-
-
-@dataclass
-class StackProcess:
-    name: str
-    pid: int
-    create_time: float
-    log: str
-
-
-@dataclass
-class StackState:
-    stack_id: str
-    state_dir: str
-    airflow_home: str
-    moto_url: str
-    api_url: str
-    started_at: float
-    processes: list[StackProcess] = field(default_factory=list)
-
-    @property
-    def path(self) -> Path:
-        return Path(self.state_dir) / STATE_FILE
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        temporary.replace(self.path)
-
-    @classmethod
-    def load(cls, state_dir: Path) -> StackState | None:
-        path = state_dir / STATE_FILE
-        if not path.exists():
-            return None
-        data = json.loads(path.read_text())
-        data["processes"] = [StackProcess(**p) for p in data.get("processes", [])]
-        return cls(**data)
-
-
-def say(message: str = "") -> None:
-    print(message, flush=True)
-
-
-def free_port() -> int:
-    """A free loopback port (another process could take it before we bind: good enough locally)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float, interval: float = 1.0) -> T:
-    """Calls `check` until it returns something other than None; says what it waits for, and fails
-    naming it after `timeout` seconds. `check` may raise StackError to give up early."""
-    say(f"  waiting for {what} (up to {timeout:.0f} s)")
-    started = time.monotonic()
-    last_error: str | None = None
-    while True:
-        try:
-            result = check()
-        except (requests.RequestException, CiError) as error:
-            result, last_error = None, str(error)
-        if result is not None:
-            say(f"  ... {what}: ready after {time.monotonic() - started:.1f} s")
-            return result
-        if time.monotonic() - started > timeout:
-            raise StackError(
-                f"timed out after {timeout:.0f} s waiting for {what}"
-                + (f" (last error: {last_error})" if last_error else "")
-            )
-        time.sleep(interval)
-
-
-# --- processes --------------------------------------------------------------------------------------
-
-
-def _alive(process: StackProcess) -> bool:
-    import psutil
-
-    try:
-        found = psutil.Process(process.pid)
-        # A different create time means the pid was reused by an unrelated process.
-        return abs(found.create_time() - process.create_time) < 1.0 and found.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def start_process(
-    state: StackState, name: str, argv: list[str], env: dict[str, str], log_dir: Path
-) -> StackProcess:
-    """Starts one component in its own session, output to logs/<name>.log; recorded at once in the state file."""
-    import psutil
-
-    log_path = log_dir / f"{name}.log"
-    with log_path.open("ab") as log:
-        popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=state.state_dir,
-            start_new_session=True,
-        )
-    try:
-        create_time = psutil.Process(popen.pid).create_time()
-    except psutil.Error:
-        create_time = time.time()
-    process = StackProcess(name=name, pid=popen.pid, create_time=create_time, log=str(log_path))
-    state.processes.append(process)
-    state.save()
-    return process
-
-
-def log_tail(path: str | Path, lines: int = 25) -> str:
-    try:
-        text = Path(path).read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join(f"    {line}" for line in text[-lines:])
-
-
-def _session_members(recorded: StackProcess) -> list[Any]:
-    """Processes in the session `up` started for this component (its leader's pid is the session id).
-
-    Linux does not reuse a pid while it is some process's session id, so members found while the
-    leader is gone are the leader's orphans; a live pid with another create time is a reused pid.
-    """
-    import psutil
-
-    if psutil.pid_exists(recorded.pid) and not _alive(recorded):
-        return []
-    members = []
-    for candidate in psutil.process_iter(["pid"]):
-        with contextlib.suppress(OSError, psutil.Error):
-            if os.getsid(candidate.pid) == recorded.pid and candidate.status() != psutil.STATUS_ZOMBIE:
-                members.append(candidate)
-    return members
-
-
-def _stack_processes(state: StackState) -> list[Any]:
-    """Every live process of the stack: the recorded ones and their sessions, their descendants in
-    other sessions (Packer runs in its own), and processes carrying the stack's marker variable
-    (an orphan that left its session; processes that set their title lose their readable environ)."""
-    import psutil
-
-    found: dict[int, Any] = {}
-    for recorded in state.processes:
-        for member in _session_members(recorded):
-            found[member.pid] = member
-        if _alive(recorded):
-            with contextlib.suppress(psutil.Error):
-                for child in psutil.Process(recorded.pid).children(recursive=True):
-                    found[child.pid] = child
-    for candidate in psutil.process_iter(["pid"]):
-        if candidate.pid in found or candidate.pid == os.getpid():
-            continue
-        with contextlib.suppress(psutil.Error):
-            if candidate.environ().get(MARKER_VARIABLE) == state.stack_id:
-                found[candidate.pid] = candidate
-    return list(found.values())
-
-
-def stop_stack(state: StackState, grace: float = STOP_GRACE_SECONDS) -> list[str]:
-    """SIGTERM to each recorded process's session group (the components first, moto last), SIGKILL
-    to whatever is left after `grace` seconds. Returns what had to be killed."""
-    import psutil
-
-    victims = _stack_processes(state)
-    for recorded in reversed(state.processes):
-        if _session_members(recorded):
-            # start_new_session made the pid the group id: the group holds its workers too.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(recorded.pid, signal.SIGTERM)
-    for victim in victims:
-        with contextlib.suppress(psutil.Error):
-            victim.terminate()
-    _, still_alive = psutil.wait_procs(victims, timeout=grace)
-    killed = []
-    for victim in still_alive:
-        with contextlib.suppress(psutil.Error):
-            killed.append(f"{victim.pid} ({' '.join(victim.cmdline()[:3])})")
-            victim.kill()
-    psutil.wait_procs(still_alive, timeout=10)
-    leftovers = _stack_processes(state)
-    if leftovers:
-        raise StackError(f"processes of the stack still run after SIGKILL: {[p.pid for p in leftovers]}")
-    return killed
-
-
-# --- configuration ------------------------------------------------------------------------------------
-
-
-def write_private(path: Path, text: str) -> None:
-    """Creates the file readable by its owner only (0600) before any secret is written into it."""
-    path.unlink(missing_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-
-
-def write_airflow_config(home: Path, api_url: str, api_port: int, passwords_file: Path) -> Path:
-    """airflow.cfg for the stack (0600: it holds the JWT secret and the Fernet key)."""
-    from cryptography.fernet import Fernet
-
-    config = configparser.ConfigParser(interpolation=None)
-    config["core"] = {
-        "executor": "LocalExecutor",
-        "parallelism": "4",
-        "load_examples": "False",
-        "dags_folder": str(REPO_ROOT / "dags"),
-        "plugins_folder": str(REPO_ROOT / "plugins"),
-        "auth_manager": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "simple_auth_manager_users": f"{DEPLOYER}:admin,{VIEWER}:viewer",
-        "simple_auth_manager_passwords_file": str(passwords_file),
-        "fernet_key": Fernet.generate_key().decode(),
-        "execution_api_server_url": f"{api_url}/execution/",
-    }
-    config["database"] = {"sql_alchemy_conn": f"sqlite:///{home / 'airflow.db'}"}
-    config["api"] = {
-        "base_url": api_url,
-        "host": "127.0.0.1",
-        "port": str(api_port),
-        "workers": "1",
-        "secret_key": secrets.token_urlsafe(32),
-    }
-    config["api_auth"] = {"jwt_secret": secrets.token_urlsafe(32)}
-    config["logging"] = {"base_log_folder": str(home / "logs")}
-    path = home / "airflow.cfg"
-    lines: list[str] = []
-    for section in config.sections():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {value}" for key, value in config[section].items())
-        lines.append("")
-    write_private(path, "\n".join(lines))
-    return path
-
-
-def component_environment(home: Path, moto_url: str, stack_id: str) -> dict[str, str]:
-    """The components' environment: the caller's, minus any Airflow or AWS settings of its own."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AWS_", "IMMUDEPLOY_"))
-        and k not in ("AIRFLOW_HOME", "AIRFLOW_CONFIG")
-    }
-    venv_bin = str(Path(sys.executable).parent)
-    env.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW_CONFIG": str(home / "airflow.cfg"),
-            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
-                {
-                    "conn_type": "aws",
-                    "login": "testing",
-                    "password": "testing",
-                    "extra": {"region_name": REGION, "endpoint_url": moto_url},
-                }
-            ),
-            "IMMUDEPLOY_CONFIG": str(REPO_ROOT / "config" / "deployments.yaml"),
-            # moto answers at once: short polls and retry delays keep a demo deploy around a minute.
-            "IMMUDEPLOY_POLL_SECONDS": "2",
-            "IMMUDEPLOY_RETRY_DELAY_SECONDS": "3",
-            "IMMUDEPLOY_LOCK_WAIT_SECONDS": "600",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
-            "PYTHONUNBUFFERED": "1",
-            MARKER_VARIABLE: stack_id,
-        }
-    )
-    return env
-
-
-# --- waiting for the components -------------------------------------------------------------------------
-
-
-def _check_alive(state: StackState) -> None:
-    for process in state.processes:
-        if not _alive(process):
-            raise StackError(f"{process.name} exited; the end of {process.log}:\n{log_tail(process.log)}")
-
-
-def _health(api_url: str) -> dict[str, Any]:
-    response = requests.get(f"{api_url}/api/v2/monitor/health", timeout=5)
-    response.raise_for_status()
-    return dict(response.json())
-
-
-def wait_until_ready(state: StackState, api: AirflowApi, timeout: float) -> None:
-    def api_answers() -> bool | None:
-        _check_alive(state)
-        return True if _health(state.api_url)["metadatabase"]["status"] == "healthy" else None
-
-    def components_heartbeat() -> bool | None:
-        _check_alive(state)
-        health = _health(state.api_url)
-        parts = [health.get(name) or {} for name in ("scheduler", "triggerer", "dag_processor")]
-        return True if all(part.get("status") == "healthy" for part in parts) else None
-
-    def dag_parsed() -> bool | None:
-        _check_alive(state)
-        errors = api.get_json("/api/v2/importErrors")["import_errors"]
-        if errors:
-            first = errors[0]
-            raise StackError(
-                f"the DAG folder has an import error in {first['filename']}:\n{first['stack_trace']}"
-            )
-        response = api.request("GET", f"/api/v2/dags/{DEPLOY_DAG_ID}")
-        return True if response.status_code == 200 else None
-
-    wait_for(f"the API at {state.api_url}", api_answers, timeout)
-    wait_for("scheduler, triggerer and dag-processor heartbeats", components_heartbeat, timeout)
-    wait_for(f"DAG {DEPLOY_DAG_ID} to be parsed", dag_parsed, timeout)
-
-
-# --- AWS (moto) -----------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -643,7 +327,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for process in state.processes:
         say(f"{process.name:<14} pid {process.pid:<8} {'running' if process in alive else 'STOPPED'}")
     try:
-        health = _health(state.api_url)
+        health = api_health(state.api_url)
         say(
             "health:        "
             + ", ".join(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
@@ -27,11 +28,9 @@ BOOT = 60  # the stand-in's default, in AWS seconds
 LB_SYNC = 2  # the stand-in's default attach/detach lag
 
 
-def boot(
-    aws: Clients, net: Network, clock: ManualClock, name: str = "web-v001", **kwargs: object
-) -> list[str]:
+def boot(aws: Clients, net: Network, clock: ManualClock, name: str = "web-v001", **kwargs: Any) -> list[str]:
     """A group whose instances are InService and healthy in the test target group."""
-    make_group(aws, net, name, **kwargs)  # type: ignore[arg-type]
+    make_group(aws, net, name, **kwargs)
     clock.advance(BOOT + INTERVAL * HEALTHY)
     states = lifecycle(aws, name)
     assert set(states.values()) == {"InService"}

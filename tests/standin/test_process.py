@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -37,9 +37,9 @@ def refused(port: int) -> bool:
     return False
 
 
-def wait_for(condition: object, timeout: float) -> None:
+def wait_for(condition: Callable[[], object], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
 

@@ -1,14 +1,19 @@
-"""The deferrable side of immudeploy.aws.waits: one trigger polls in-service, health-gate and drain checks."""
+"""The deferrable side of immudeploy.aws.waits: one trigger class per kind of wait, one shared loop.
+
+Why not the Amazon provider's AwsBaseWaiterTrigger: a botocore waiter can only say "matched",
+"failure" or "retry", so its failure message cannot name the unhealthy instance and AWS's reason,
+and its timeout cannot name the targets still draining. The project's evaluators can; the loop
+itself is `immudeploy.aws.waits.poll`, the same generator the blocking path drives.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Generator
+from typing import Any, ClassVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
-from botocore.exceptions import ClientError
 
 from immudeploy.aws import waits
 from immudeploy.aws.connection import DEFAULT_CONN_ID, aws_hook
@@ -20,17 +25,26 @@ def build_client(service: str, aws_conn_id: str, region_name: str | None) -> Any
     return aws_hook(service, aws_conn_id, region_name).conn
 
 
+def _step(steps: Generator[float, None, WaitStatus]) -> float | WaitStatus:
+    """One step of the wait loop (it calls AWS, so it runs in a thread): a delay, or the final status."""
+    try:
+        return next(steps)
+    except StopIteration as finished:
+        return finished.value
+
+
 class ImmutableWaitTrigger(BaseTrigger):
-    """Polls one wait (`kind`: in_service, healthy or drained) and fires exactly one event.
+    """Polls one wait (the subclass's `kind`) and fires exactly one event.
 
     Event: {"status": "success" | "failed" | "timeout", "message": str, "failed_ids": [instance ids]};
     on timeout `failed_ids` names the instances still not ready. Read-only, so safe to run twice.
     """
 
+    kind: ClassVar[str]
+
     def __init__(
         self,
         *,
-        kind: str,
         aws_conn_id: str = DEFAULT_CONN_ID,
         region_name: str | None = None,
         group_name: str | None = None,
@@ -42,9 +56,6 @@ class ImmutableWaitTrigger(BaseTrigger):
         timeout_seconds: float = 600.0,
     ) -> None:
         super().__init__()
-        if kind not in waits.WAIT_SERVICES:
-            raise ValueError(f"unknown wait kind {kind!r}; expected one of {sorted(waits.WAIT_SERVICES)}")
-        self.kind = kind
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
         self.group_name = group_name
@@ -59,7 +70,6 @@ class ImmutableWaitTrigger(BaseTrigger):
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
-                "kind": self.kind,
                 "aws_conn_id": self.aws_conn_id,
                 "region_name": self.region_name,
                 "group_name": self.group_name,
@@ -85,7 +95,6 @@ class ImmutableWaitTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # The deadline restarts if the triggerer restarts; the operator's defer timeout is the backstop.
-        deadline = time.monotonic() + self.timeout_seconds
         what = self.kind
         try:
             # Built in a thread: the connection lookup and boto3 setup block.
@@ -93,43 +102,50 @@ class ImmutableWaitTrigger(BaseTrigger):
                 build_client, waits.WAIT_SERVICES[self.kind], self.aws_conn_id, self.region_name
             )
             what, check = self._check(client)
-            event = await self._poll(check, what, deadline)
+            steps = waits.poll(
+                check,
+                what=what,
+                timeout=self.timeout_seconds,
+                poll_interval=self.poll_interval,
+                log=self.log,
+                clock=time.monotonic,
+            )
+            while not isinstance(step := await asyncio.to_thread(_step, steps), WaitStatus):
+                await asyncio.sleep(step)
+            event: dict[str, Any] = {"status": "success", "message": step.message, "failed_ids": []}
+        except waits.WaitTimedOut as timeout:
+            event = {"status": "timeout", "message": str(timeout), "failed_ids": list(timeout.status.pending)}
+        except waits.WaitFailed as failure:
+            event = {
+                "status": "failed",
+                "message": str(failure),
+                "failed_ids": list(failure.status.failed_ids),
+            }
         except Exception as error:
             # A trigger that raises leaves the task with a bare traceback; an event carries the reason.
             self.log.exception("Wait for %s failed", what)
             event = {"status": "failed", "message": waits.failure_message(what, str(error)), "failed_ids": []}
         yield TriggerEvent(event)
 
-    async def _poll(self, check: Callable[[], WaitStatus], what: str, deadline: float) -> dict[str, Any]:
-        last = WaitStatus(False, False, "no answer from AWS yet")
-        throttled = 0
-        while True:
-            try:
-                status: WaitStatus = await asyncio.to_thread(check)
-            except ClientError as error:
-                if not waits.is_throttling(error):
-                    raise
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return self._timeout_event(what, last, " (AWS throttling)")
-                delay = min(waits.throttle_backoff(throttled), remaining)
-                throttled += 1
-                self.log.warning("AWS throttled the wait for %s (%s); retrying in %.1fs", what, error, delay)
-                await asyncio.sleep(delay)
-                continue
-            throttled = 0
-            last = status
-            self.log.info("Waiting for %s: %s", what, status.message)
-            if status.failed:
-                message = waits.failure_message(what, status.message)
-                return {"status": "failed", "message": message, "failed_ids": list(status.failed_ids)}
-            if status.done:
-                return {"status": "success", "message": status.message, "failed_ids": []}
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return self._timeout_event(what, status)
-            await asyncio.sleep(min(self.poll_interval, remaining))
 
-    def _timeout_event(self, what: str, last: WaitStatus, note: str = "") -> dict[str, Any]:
-        message = waits.timeout_message(what, self.timeout_seconds, last.message + note)
-        return {"status": "timeout", "message": message, "failed_ids": list(last.pending)}
+class InServiceTrigger(ImmutableWaitTrigger):
+    """`expected_count` instances of `group_name` InService and Healthy."""
+
+    kind = "in_service"
+
+
+class HealthyTrigger(ImmutableWaitTrigger):
+    """Every one of `instance_ids` healthy in every target group (fails fast on `unhealthy`)."""
+
+    kind = "healthy"
+
+
+class DrainedTrigger(ImmutableWaitTrigger):
+    """None of `instance_ids` (None: no target at all) still draining in the target groups."""
+
+    kind = "drained"
+
+
+TRIGGERS: dict[str, type[ImmutableWaitTrigger]] = {
+    trigger.kind: trigger for trigger in (InServiceTrigger, HealthyTrigger, DrainedTrigger)
+}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -186,6 +186,69 @@ def timeout_message(what: str, timeout: float, message: str) -> str:
     return f"Timed out after {timeout:g}s waiting for {what}: {message}"
 
 
+class WaitFailed(DeployError):
+    """What a wait waited for failed (e.g. a target turned unhealthy); `status` names the instances."""
+
+    def __init__(self, message: str, status: WaitStatus) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class WaitTimedOut(WaitTimeout):
+    """A wait ran out of time; `status` is the last look, its `pending` the instances still not ready."""
+
+    def __init__(self, message: str, status: WaitStatus) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def poll(
+    check: Callable[[], WaitStatus],
+    *,
+    what: str,
+    timeout: float,
+    poll_interval: float,
+    log: logging.Logger | Any = logger,
+    clock: Callable[[], float] = time.monotonic,
+) -> Generator[float, None, WaitStatus]:
+    """The one wait loop: yields the seconds to sleep before the next look, returns the final status.
+
+    The blocking path (`wait_for`) sleeps with time.sleep, the deferrable trigger with asyncio.sleep;
+    both drive this generator, so they cannot drift apart. Checks at least once; each look is logged;
+    throttling backs off exponentially (capped) and counts against the timeout. Raises WaitFailed
+    when the check reports a failure and WaitTimedOut after `timeout` seconds.
+    """
+    deadline = clock() + timeout
+    last = WaitStatus(False, False, "no answer from AWS yet")
+    throttled = 0
+    while True:
+        try:
+            status = check()
+        except ClientError as error:
+            if not is_throttling(error):
+                raise
+            remaining = deadline - clock()
+            if remaining <= 0:
+                message = timeout_message(what, timeout, f"{last.message} (AWS throttling)")
+                raise WaitTimedOut(message, last) from error
+            delay = min(throttle_backoff(throttled), remaining)
+            throttled += 1
+            log.warning("AWS throttled the wait for %s (%s); retrying in %.1fs", what, error, delay)
+            yield delay
+            continue
+        throttled = 0
+        last = status
+        log.info("Waiting for %s: %s", what, status.message)
+        if status.failed:
+            raise WaitFailed(failure_message(what, status.message), status)
+        if status.done:
+            return status
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise WaitTimedOut(timeout_message(what, timeout, status.message), status)
+        yield min(poll_interval, remaining)
+
+
 def wait_for(
     check: Callable[[], WaitStatus],
     *,
@@ -196,41 +259,14 @@ def wait_for(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> WaitStatus:
-    """Poll `check` until done; DeployError when it fails, WaitTimeout after `timeout` seconds.
-
-    Checks at least once. Each poll logs the status message; throttling errors back off
-    exponentially (capped) and count against the timeout.
-    """
-    deadline = clock() + timeout
-    last_message = "no answer from AWS yet"
-    throttled = 0
+    """Block until `check` is done (see `poll`); DeployError when it fails, WaitTimeout after `timeout`."""
+    steps = poll(check, what=what, timeout=timeout, poll_interval=poll_interval, log=log, clock=clock)
     while True:
         try:
-            status = check()
-        except ClientError as error:
-            if not is_throttling(error):
-                raise
-            remaining = deadline - clock()
-            if remaining <= 0:
-                raise WaitTimeout(
-                    timeout_message(what, timeout, f"{last_message} (AWS throttling)")
-                ) from error
-            delay = min(throttle_backoff(throttled), remaining)
-            throttled += 1
-            log.warning("AWS throttled the wait for %s (%s); retrying in %.1fs", what, error, delay)
-            sleep(delay)
-            continue
-        throttled = 0
-        last_message = status.message
-        log.info("Waiting for %s: %s", what, status.message)
-        if status.failed:
-            raise DeployError(failure_message(what, status.message))
-        if status.done:
-            return status
-        remaining = deadline - clock()
-        if remaining <= 0:
-            raise WaitTimeout(timeout_message(what, timeout, status.message))
-        sleep(min(poll_interval, remaining))
+            delay = next(steps)
+        except StopIteration as finished:
+            return finished.value
+        sleep(delay)
 
 
 def wait_until_in_service(

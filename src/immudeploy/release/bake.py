@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import tempfile
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, WaiterError
 
 from immudeploy.aws.connection import PackerAwsSettings
 from immudeploy.core.errors import BakeError, InvalidInput, WaitTimeout
@@ -167,20 +167,20 @@ def find_baked_image(ec2: Any, app: str, version: str, fingerprint: str, name: s
 
 
 def wait_until_available(ec2: Any, image_id: str, timeout: float, poll_interval: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        images = ec2.describe_images(ImageIds=[image_id]).get("Images", [])
-        state = images[0]["State"] if images else "missing"
-        if state == "available":
-            return
-        if state in ("failed", "missing", "deregistered", "error"):
-            raise BakeError(f"image {image_id} is {state}")
-        if time.monotonic() > deadline:
+    """Wait for the image with EC2's own `image_available` waiter (it fails on state `failed`)."""
+    attempts = max(1, math.ceil(timeout / max(poll_interval, 0.001)))
+    try:
+        ec2.get_waiter("image_available").wait(
+            ImageIds=[image_id], WaiterConfig={"Delay": poll_interval, "MaxAttempts": attempts}
+        )
+    except WaiterError as error:
+        images = (error.last_response or {}).get("Images") or []
+        state = images[0].get("State", "unknown") if images else "missing"
+        if "Max attempts exceeded" in str(error):
             raise WaitTimeout(
                 f"image {image_id} still {state} after {timeout:.0f} s (waiting for 'available')"
-            )
-        log.info("Waiting for image %s to become available (now %s)", image_id, state)
-        time.sleep(poll_interval)
+            ) from error
+        raise BakeError(f"image {image_id} is {state}: {error}") from error
 
 
 def packer_source(settings: PackerAwsSettings) -> str:

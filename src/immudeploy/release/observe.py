@@ -8,14 +8,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from immudeploy.aws.target_health import unhealthy_targets
 from immudeploy.core.errors import InvalidInput
+from immudeploy.core.naming import listed
 
 logger = logging.getLogger(__name__)
 
 # DescribeAlarms takes at most 100 names per call.
 ALARM_BATCH = 100
-# Name the first few offenders in a reason; a big fleet would otherwise make it unreadable.
-NAMED_LIMIT = 20
 
 
 @dataclass(frozen=True)
@@ -23,17 +23,6 @@ class ObservationResult:
     ok: bool
     reason: str
     checks: int
-
-
-def _short_tg(arn: str) -> str:
-    """`arn:...:targetgroup/web/0123abcd` -> `web`."""
-    parts = arn.split("/")
-    return parts[-2] if len(parts) >= 3 else arn
-
-
-def _listed(items: Sequence[str]) -> str:
-    shown = ", ".join(items[:NAMED_LIMIT])
-    return shown if len(items) <= NAMED_LIMIT else f"{shown} and {len(items) - NAMED_LIMIT} more"
 
 
 def alarms_firing(cloudwatch: Any, alarm_names: Sequence[str]) -> list[str]:
@@ -50,32 +39,9 @@ def alarms_firing(cloudwatch: Any, alarm_names: Sequence[str]) -> list[str]:
     missing = [name for name in alarm_names if name not in states]
     if missing:
         raise InvalidInput(
-            "alarm_names", f"no CloudWatch alarm named {_listed(missing)} (misspelt, other region?)"
+            "alarm_names", f"no CloudWatch alarm named {listed(missing)} (misspelt, other region?)"
         )
     return [f"{name} ({states[name][1]})" for name in alarm_names if states[name][0] == "ALARM"]
-
-
-def unhealthy_targets(elbv2: Any, target_group_arns: Sequence[str], instance_ids: Sequence[str]) -> list[str]:
-    """`instance in group: state (reason)` for every instance not `healthy` in every target group."""
-    problems: list[str] = []
-    for arn in target_group_arns:
-        # All registrations rather than Targets=[...]: those default to the group's port and would
-        # call an instance registered on another port "not registered".
-        health = elbv2.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]
-        states: dict[str, list[str]] = {}
-        for description in health:
-            target_health = description["TargetHealth"]
-            state = target_health["State"]
-            if state != "healthy" and target_health.get("Reason"):
-                state = f"{state} ({target_health['Reason']})"
-            states.setdefault(description["Target"]["Id"], []).append(state)
-        for instance_id in instance_ids:
-            seen = states.get(instance_id)
-            if not seen:
-                problems.append(f"{instance_id} in {_short_tg(arn)}: not registered")
-            elif any(state != "healthy" for state in seen):
-                problems.append(f"{instance_id} in {_short_tg(arn)}: {', '.join(seen)}")
-    return problems
 
 
 def observe_release(
@@ -107,12 +73,12 @@ def observe_release(
         # Alarms first: a misconfigured alarm name is reported even when a target is unhealthy too.
         firing = alarms_firing(cloudwatch, alarm_names) if alarm_names else []
         if firing:
-            reason = f"alarm(s) in ALARM: {_listed(firing)}"
+            reason = f"alarm(s) in ALARM: {listed(firing)}"
             log.warning("Observation failed at check %d: %s", checks, reason)
             return ObservationResult(ok=False, reason=reason, checks=checks)
         unhealthy = unhealthy_targets(elbv2, target_group_arns, instance_ids)
         if unhealthy:
-            reason = f"target(s) not healthy: {_listed(unhealthy)}"
+            reason = f"target(s) not healthy: {listed(unhealthy)}"
             log.warning("Observation failed at check %d: %s", checks, reason)
             return ObservationResult(ok=False, reason=reason, checks=checks)
         elapsed = clock() - started

@@ -222,6 +222,7 @@ class Layer:
         self,
         tg_arn: str,
         target_id: str,
+        registered: bool,
         interval_seconds: float,
         healthy_threshold: int,
         unhealthy_threshold: int,
@@ -230,7 +231,8 @@ class Layer:
         """The target's state now, or None when the layer never saw it (moto's answer stands)."""
         with self.lock:
             record = self.records.get((tg_arn, target_id))
-            if record is None:
+            if record is None or registered != (record.drain_until is None):
+                # Never seen, or (de)registered meanwhile through a plain moto server: moto's answer stands.
                 return None
             now = self.now()
             if record.drain_until is not None:

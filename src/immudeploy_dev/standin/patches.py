@@ -93,6 +93,7 @@ def _patch_target_group() -> None:
         state = layer.health(
             self.arn,
             target_id,
+            target_id in self.targets,
             float(self.health_check_interval_seconds),
             int(self.healthy_threshold_count),
             int(self.unhealthy_threshold_count),
@@ -202,7 +203,7 @@ def _in_service(group: FakeAutoScalingGroup) -> list[InstanceState]:
     return [s for s in group.instance_states if s.lifecycle_state == "InService"]
 
 
-def _boot(layer: Layer, group: FakeAutoScalingGroup, state: InstanceState) -> None:
+def _boot(group: FakeAutoScalingGroup, state: InstanceState) -> None:
     if state not in group.instance_states or state.lifecycle_state != "Pending":
         return
     state.lifecycle_state = "InService"
@@ -232,7 +233,7 @@ def _patch_autoscaling() -> None:
             layer.schedule(
                 layer.settings.boot_seconds,
                 f"{state.instance.id} of {self.name} InService",
-                lambda s=state: _boot(layer, self, s),
+                lambda s=state: _boot(self, s),
             )
 
     def patched_active_instances(self: FakeAutoScalingGroup) -> list[InstanceState]:

@@ -130,12 +130,11 @@ class _ImmutableWaitOperator(BaseOperator):
         if not self.deferrable:
             waits.wait_for(check, what=what, timeout=timeout, poll_interval=self.poll_interval, log=self.log)
             return self.result(args)
-        from immudeploy.airflow.triggers import ImmutableWaitTrigger
+        from immudeploy.airflow.triggers import TRIGGERS
 
         self.log.info("Deferring for up to %.0fs while waiting for %s", timeout, what)
         self.defer(
-            trigger=ImmutableWaitTrigger(
-                kind=self.kind,
+            trigger=TRIGGERS[self.kind](
                 aws_conn_id=self.aws_conn_id,
                 region_name=self.region_name,
                 poll_interval=self.poll_interval,

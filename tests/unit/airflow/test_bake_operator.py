@@ -83,6 +83,6 @@ def test_force_as_a_rendered_string_is_understood(aws, template: Path) -> None:
 
 
 def test_a_broken_template_fails_the_task_with_packers_message(aws) -> None:
-    broken = Path(__file__).parent / "data" / "broken_template"
+    broken = Path(__file__).resolve().parents[2] / "data" / "broken_template"
     with pytest.raises(BakeError, match="no_such_argument"):
         _operator(broken).execute({"ti": RecordingTaskInstance()})  # type: ignore[arg-type]

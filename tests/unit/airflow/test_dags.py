@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 DAG_IDS = {"immutable_deploy", "immutable_rollback", "immutable_nightly_rebuild"}
 
 

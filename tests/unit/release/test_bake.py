@@ -104,7 +104,7 @@ def test_retry_after_a_bake_that_registered_its_image_but_timed_out(aws, templat
 
 def test_a_broken_template_fails_with_packers_message(aws, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
-    shutil.copytree(Path(__file__).parent / "data" / "broken_template", broken)
+    shutil.copytree(Path(__file__).resolve().parents[2] / "data" / "broken_template", broken)
     with pytest.raises(BakeError, match="no_such_argument"):
         _bake(_request(broken))
     assert aws.client("ec2").describe_images(Owners=["self"])["Images"] == []

@@ -1,4 +1,4 @@
-"""ImmutableWaitTrigger and the wait operators: serialisation, events, early return, deferral."""
+"""The wait triggers (one class per kind) and the wait operators: serialisation, events, early return, deferral."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ import pytest
 from airflow.sdk.exceptions import TaskDeferred
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.stub import Stubber
-from test_waits import (
+
+from immudeploy.airflow import triggers as trigger_waits
+from immudeploy.airflow.operators.waits import DrainSensor, HealthGateOperator, WaitForInServiceOperator
+from immudeploy.airflow.triggers import TRIGGERS, DrainedTrigger, HealthyTrigger, InServiceTrigger
+from immudeploy.aws import waits
+from immudeploy.core.errors import DeployError, WaitTimeout
+from unit.aws.test_waits import (
     I1,
     I2,
     INITIAL,
@@ -27,13 +33,7 @@ from test_waits import (
     target_group,
 )
 
-from immudeploy.airflow import triggers as trigger_waits
-from immudeploy.airflow.operators.waits import DrainSensor, HealthGateOperator, WaitForInServiceOperator
-from immudeploy.airflow.triggers import ImmutableWaitTrigger
-from immudeploy.aws import waits
-from immudeploy.core.errors import DeployError, WaitTimeout
-
-CLASSPATH = "immudeploy.airflow.triggers.ImmutableWaitTrigger"
+CLASSPATH = "immudeploy.airflow.triggers.HealthyTrigger"
 
 
 def run_trigger(trigger: BaseTrigger) -> list[TriggerEvent]:
@@ -77,7 +77,6 @@ def stubbed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], Stubber
 # ---------------------------------------------------------------------------------------------
 
 KWARGS: dict[str, Any] = {
-    "kind": "healthy",
     "aws_conn_id": "aws_prod",
     "region_name": "eu-west-1",
     "group_name": None,
@@ -91,7 +90,7 @@ KWARGS: dict[str, Any] = {
 
 
 def test_serialize_round_trip_and_no_state_beyond_args() -> None:
-    trigger = ImmutableWaitTrigger(**KWARGS)
+    trigger = HealthyTrigger(**KWARGS)
     classpath, kwargs = trigger.serialize()
     assert classpath == CLASSPATH
     assert kwargs == KWARGS
@@ -110,15 +109,18 @@ def test_serialize_round_trip_and_no_state_beyond_args() -> None:
     assert set(vars(trigger)) - set(vars(Bare())) == set(KWARGS)
 
 
-def test_unknown_kind_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown wait kind"):
-        ImmutableWaitTrigger(kind="warm")
+def test_one_trigger_class_per_kind_of_wait() -> None:
+    assert set(TRIGGERS) == set(waits.WAIT_SERVICES)
+    assert [TRIGGERS[kind] for kind in ("in_service", "healthy", "drained")] == [
+        InServiceTrigger,
+        HealthyTrigger,
+        DrainedTrigger,
+    ]
 
 
 def test_trigger_success_against_moto(aws: Any) -> None:
     fleet = registered_targets(aws)
-    trigger = ImmutableWaitTrigger(
-        kind="healthy",
+    trigger = HealthyTrigger(
         target_group_arns=[fleet.target_group_arn],
         instance_ids=fleet.instance_ids,
         poll_interval=0,
@@ -135,9 +137,7 @@ def test_trigger_failed_event_names_unhealthy_instance(stubbed: Callable[[str], 
     stub = stubbed("elbv2")
     add_target_health(stub, TG_WEB, target(I1, "healthy"), INITIAL)
     add_target_health(stub, TG_WEB, target(I1, "healthy"), UNHEALTHY)
-    trigger = ImmutableWaitTrigger(
-        kind="healthy", target_group_arns=[TG_WEB], instance_ids=[I1, I2], poll_interval=0
-    )
+    trigger = HealthyTrigger(target_group_arns=[TG_WEB], instance_ids=[I1, I2], poll_interval=0)
     (event,) = run_trigger(trigger)
     assert event.payload["status"] == "failed"
     assert event.payload["failed_ids"] == [I2]
@@ -147,8 +147,8 @@ def test_trigger_failed_event_names_unhealthy_instance(stubbed: Callable[[str], 
 def test_trigger_timeout_event_names_still_draining(stubbed: Callable[[str], Stubber]) -> None:
     stub = stubbed("elbv2")
     add_target_health(stub, TG_WEB, target(I1, "draining"), target(I2, "draining"))
-    trigger = ImmutableWaitTrigger(
-        kind="drained", target_group_arns=[TG_WEB], instance_ids=[I1, I2], poll_interval=0, timeout_seconds=0
+    trigger = DrainedTrigger(
+        target_group_arns=[TG_WEB], instance_ids=[I1, I2], poll_interval=0, timeout_seconds=0
     )
     (event,) = run_trigger(trigger)
     assert event.payload["status"] == "timeout"
@@ -172,9 +172,7 @@ def test_trigger_rides_out_throttling(
     add_throttle(stub, code="ThrottlingException")
     add_target_health(stub, TG_WEB, target(I1, "draining"))
     add_target_health(stub, TG_WEB)
-    trigger = ImmutableWaitTrigger(
-        kind="drained", target_group_arns=[TG_WEB], instance_ids=[I1], poll_interval=0
-    )
+    trigger = DrainedTrigger(target_group_arns=[TG_WEB], instance_ids=[I1], poll_interval=0)
     (event,) = run_trigger(trigger)
     assert event.payload["status"] == "success"
     assert backoffs == [0, 1]
@@ -182,9 +180,7 @@ def test_trigger_rides_out_throttling(
 
 def test_trigger_turns_aws_errors_into_a_failed_event(stubbed: Callable[[str], Stubber]) -> None:
     stubbed("elbv2").add_client_error("describe_target_health", service_error_code="TargetGroupNotFound")
-    trigger = ImmutableWaitTrigger(
-        kind="healthy", target_group_arns=[TG_WEB], instance_ids=[I1], poll_interval=0
-    )
+    trigger = HealthyTrigger(target_group_arns=[TG_WEB], instance_ids=[I1], poll_interval=0)
     (event,) = run_trigger(trigger)
     assert event.payload["status"] == "failed"
     assert "TargetGroupNotFound" in event.payload["message"]
@@ -245,7 +241,7 @@ def test_health_gate_defers_with_timeout_from_health_check_settings(
     assert deferred.value.timeout == timedelta(seconds=max(120, timeout) + 300)
     classpath, kwargs = deferred.value.trigger.serialize()
     assert classpath == CLASSPATH
-    assert kwargs["kind"] == "healthy" and kwargs["instance_ids"] == [I1, I2]
+    assert kwargs["instance_ids"] == [I1, I2]
     assert kwargs["timeout_seconds"] == 120 and kwargs["poll_interval"] == 5
     assert deferred.value.kwargs == {
         "trigger_args": {"target_group_arns": [TG_WEB], "instance_ids": [I1, I2], "fail_fast": True}
@@ -263,7 +259,7 @@ def test_drain_sensor_defers_for_the_deregistration_delay(stubbed: Callable[[str
     with pytest.raises(TaskDeferred) as deferred:
         drain.execute({})
     assert deferred.value.trigger.serialize()[1]["timeout_seconds"] == 180
-    assert deferred.value.trigger.serialize()[1]["kind"] == "drained"
+    assert isinstance(deferred.value.trigger, DrainedTrigger)
 
 
 def test_health_gate_raises_at_once_on_unhealthy(stubbed: Callable[[str], Stubber]) -> None:

@@ -26,7 +26,7 @@ import pytest
 import requests
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY_DAG_ID = "immutable_deploy"
 APP = "shop"
 ENVIRONMENT = "prod"

@@ -10,7 +10,7 @@ import yaml
 from immudeploy.core.config import DEFAULT_CONFIG_PATH, load_config, parse_config
 from immudeploy.core.errors import InvalidInput
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 MINIMAL = {
     "apps": {

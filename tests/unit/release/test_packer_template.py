@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-PACKER_DIR = Path(__file__).resolve().parents[1] / "packer"
+PACKER_DIR = Path(__file__).resolve().parents[3] / "packer"
 
 # The bake step writes exactly these into its generated var file; a rename on either side breaks it.
 REQUIRED_VARIABLES = {"app", "version", "environment", "base_ami_id", "region", "ami_name", "manifest_path"}

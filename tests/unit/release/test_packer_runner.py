@@ -16,7 +16,7 @@ from immudeploy.aws.connection import packer_aws_settings
 from immudeploy.core.errors import BakeError, WaitTimeout
 from immudeploy.release.packer import PackerEvent, PackerRunner
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 PACKER = shutil.which("packer")
 
 

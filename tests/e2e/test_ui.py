@@ -18,7 +18,8 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from test_local_stack import DAG_RUNS, RunningStack, local_stack  # noqa: F401 (the shared stack fixture)
+
+from e2e.test_local_stack import DAG_RUNS, RunningStack, local_stack  # noqa: F401 (the shared stack fixture)
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from fleet_fixtures import APP, ENVIRONMENT
 
 from immudeploy.core.naming import from_aws_tags
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def load_dag(dag_id: str) -> Any:

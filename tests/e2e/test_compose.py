@@ -26,9 +26,10 @@ from typing import Any
 
 import pytest
 import yaml
-from test_celery import AirflowRest, free_port, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
+from e2e.test_celery import AirflowRest, free_port, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yaml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
