@@ -30,8 +30,8 @@ os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 import boto3  # noqa: E402
-import requests  # noqa: E402
-from moto.server import ThreadedMotoServer  # noqa: E402
+
+from immudeploy_dev.standin import Settings, StandIn  # noqa: E402
 
 REGION = "us-east-1"
 # The connection's secret: tests assert it never shows up in a task log.
@@ -43,6 +43,7 @@ class MotoAws:
     """A running moto server and the Airflow connection that points at it."""
 
     endpoint_url: str
+    standin: StandIn
     region: str = REGION
 
     def client(self, service: str) -> Any:
@@ -64,19 +65,30 @@ class MotoAws:
             }
         )
 
-    def reset(self) -> None:
-        requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=10).raise_for_status()
+    def reset(self, time_scale: float = 0.0) -> None:
+        """moto's state and the layer's cleared; the layer back to `time_scale` with default settings."""
+        self.standin.reset()
+        self.standin.configure(**{**Settings().to_dict(), "time_scale": time_scale})
 
 
 @pytest.fixture(scope="session")
-def moto_server() -> Iterator[MotoAws]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+def standin_server() -> Iterator[StandIn]:
+    """moto with AWS's rules (asynchronous attach/detach, draining, force delete) at time scale 0.
+
+    Every duration is 0, so timing does not slow the tests down, but the order of events is AWS's:
+    a detach deregisters on the next request, a force delete terminates protected instances.
+    Tests about timing use `timed_aws`, which sets a time scale on the same server.
+    """
+    server = StandIn(time_scale=0.0)
     try:
-        yield MotoAws(endpoint_url=f"http://{host}:{port}")
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server(standin_server: StandIn) -> MotoAws:
+    return MotoAws(endpoint_url=standin_server.endpoint_url, standin=standin_server)
 
 
 @pytest.fixture

@@ -37,7 +37,8 @@ class ImmutableWaitTrigger(BaseTrigger):
     """Polls one wait (the subclass's `kind`) and fires exactly one event.
 
     Event: {"status": "success" | "failed" | "timeout", "message": str, "failed_ids": [instance ids]};
-    on timeout `failed_ids` names the instances still not ready. Read-only, so safe to run twice.
+    on timeout `failed_ids` names the instances still not ready; on success `waited_for` repeats the
+    group name and instance ids waited for. Read-only, so safe to run twice.
     """
 
     kind: ClassVar[str]
@@ -112,7 +113,12 @@ class ImmutableWaitTrigger(BaseTrigger):
             )
             while not isinstance(step := await asyncio.to_thread(_step, steps), WaitStatus):
                 await asyncio.sleep(step)
-            event: dict[str, Any] = {"status": "success", "message": step.message, "failed_ids": []}
+            event: dict[str, Any] = {
+                "status": "success",
+                "message": step.message,
+                "failed_ids": [],
+                "waited_for": {"group_name": self.group_name, "instance_ids": self.instance_ids},
+            }
         except waits.WaitTimedOut as timeout:
             event = {"status": "timeout", "message": str(timeout), "failed_ids": list(timeout.status.pending)}
         except waits.WaitFailed as failure:

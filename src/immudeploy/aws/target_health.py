@@ -138,11 +138,17 @@ def evaluate_drain(
     target_health_descriptions: Mapping[str, Sequence[Mapping[str, Any]]],
     instance_ids: Sequence[str] | None,
 ) -> WaitStatus:
-    """Done when none of `instance_ids` (None: no target at all) is `draining` in any target group."""
+    """Done when none of `instance_ids` is registered in any target group any more.
+
+    A named instance still `healthy` (or `initial`, `unhealthy`) has not started draining: on AWS a
+    detach deregisters a group's instances asynchronously, after the call returned, so "not
+    draining" right after it proves nothing. With `instance_ids` None (every target) only `draining`
+    targets are waited for.
+    """
     wanted = None if instance_ids is None else set(instance_ids)
+    pending: list[str] = []
     draining: list[str] = []
-    notes: list[str] = []
-    still_registered: list[str] = []
+    not_started: list[str] = []
     for arn, descriptions in target_health_descriptions.items():
         tg = target_group_label(arn)
         for description in descriptions:
@@ -151,15 +157,15 @@ def evaluate_drain(
                 continue
             state = description.get("TargetHealth", {}).get("State")
             if state == "draining":
-                draining.append(instance_id)
-                notes.append(f"{instance_id} in {tg}")
-            elif state not in (None, "unused"):
-                still_registered.append(f"{instance_id} in {tg} ({state})")
+                pending.append(instance_id)
+                draining.append(f"{instance_id} in {tg}")
+            elif state not in (None, "unused") and wanted is not None:
+                pending.append(instance_id)
+                not_started.append(f"{instance_id} in {tg} ({state})")
     total = f" of {len(wanted)}" if wanted is not None else ""
-    message = f"{len(notes)}{total} targets still draining"
-    if notes:
-        message += f": {listed(notes)}"
-    if still_registered:
-        # Not draining because never deregistered: worth saying, since the drain then proves nothing.
-        message += f"; still registered, not deregistered: {listed(still_registered)}"
-    return WaitStatus(not notes, False, message, _unique(draining), [])
+    message = f"{len(draining)}{total} targets still draining"
+    if draining:
+        message += f": {listed(draining)}"
+    if not_started:
+        message += f"; {len(not_started)} still registered, not deregistered yet: {listed(not_started)}"
+    return WaitStatus(not pending, False, message, _unique(pending), [])

@@ -77,7 +77,7 @@ class ServerGroupName:
 
     @classmethod
     def parse(cls, name: str) -> ServerGroupName | None:
-        match = _SERVER_GROUP_RE.match(name)
+        match = _SERVER_GROUP_RE.fullmatch(name)
         if match is None:
             return None
         return cls(match["app"], match["environment"], int(match["sequence"]))

@@ -17,7 +17,9 @@ class Capacity:
     desired: int
 
     def __post_init__(self) -> None:
-        if not all(isinstance(value, int) and value >= 0 for value in (self.min, self.max, self.desired)):
+        sizes = (self.min, self.max, self.desired)
+        # bool is an int in Python; a size of True is a configuration mistake, not 1.
+        if not all(isinstance(value, int) and not isinstance(value, bool) and value >= 0 for value in sizes):
             raise InvalidInput("capacity", f"min, max and desired must be integers >= 0, got {self}")
         if not self.min <= self.desired <= self.max:
             raise InvalidInput("capacity", f"needs min <= desired <= max, got {self}")
@@ -33,9 +35,11 @@ class Capacity:
     def from_tag(cls, value: str) -> Capacity:
         try:
             low, high, desired = (int(part) for part in value.split(","))
+            return cls(low, high, desired)
+        except InvalidInput as error:
+            raise InvalidInput(TAG_RESTORE_CAPACITY, f"{value!r}: {error.reason}") from error
         except ValueError as error:
             raise InvalidInput(TAG_RESTORE_CAPACITY, f"{value!r} is not 'min,max,desired'") from error
-        return cls(low, high, desired)
 
 
 @dataclass

@@ -225,7 +225,9 @@ def launch_fleet(clients: Any, plan: DeployPlan, image_id: str) -> ServerGroup:
         environment=plan.environment,
         subnet_ids=plan.subnet_ids,
         target_group_arns=[],
-        capacity=capacity.pinned(),
+        # launch_server_group pins the group at capacity.desired and records this size in its
+        # restore tag: min and max are the live group's, for finish_swap (or a repair) to restore.
+        capacity=capacity,
     )
     return launch_server_group(clients, spec)
 

@@ -67,7 +67,9 @@ def undo_failed_run(
         if live is not None and group.name == live.name:
             continue
         if set(group.target_group_arns) & set(plan.target_group_arns):
-            detach_server_group(clients, group.name, plan.target_group_arns)
+            # No traffic guard: the old group (if any) is attached and healthy again by now, and a
+            # first deploy's fleet that never turned healthy must still leave the load balancer.
+            detach_server_group(clients, group.name, plan.target_group_arns, force=True)
             actions.append(f"detached {group.name}")
         delete_server_group(clients, group.name, force=True)
         actions.append(f"deleted {group.name}")

@@ -93,8 +93,10 @@ class Settings:
                 value = {arn: dict(v) for arn, v in value.items()}
             else:
                 value = float(value)
-                if value < 0 or (name == "time_scale" and value == 0):
-                    raise ValueError(f"{name} must be positive, got {value}")
+                # time_scale 0: AWS's order of events with no waiting (a detach still takes effect
+                # on the next request, a force delete still terminates protected instances).
+                if value < 0:
+                    raise ValueError(f"{name} must be >= 0, got {value}")
                 if name == "drain_fraction" and value > 1:
                     raise ValueError(f"drain_fraction is a share of the delay (0..1), got {value}")
             setattr(self, name, value)
@@ -110,6 +112,9 @@ class TargetRecord:
     image_tagged_broken: bool
     deregistered_at: float | None = None
     drain_until: float | None = None
+    # The time scale when the target registered: its health checks keep that pace, so changing the
+    # scale later (a test turning timing on) does not send long-healthy targets back to `initial`.
+    time_scale: float | None = None
 
 
 @dataclass(order=True)
@@ -188,7 +193,9 @@ class Layer:
 
     def on_register(self, tg_arn: str, target_id: str, port: Any, image_id: str | None, tagged: bool) -> None:
         with self.lock:
-            self.records[(tg_arn, target_id)] = TargetRecord(self.now(), port, image_id, tagged)
+            self.records[(tg_arn, target_id)] = TargetRecord(
+                self.now(), port, image_id, tagged, time_scale=self.settings.time_scale
+            )
             # A target taking traffic again has connections again.
             self.idle_instances.discard(target_id)
             log.info("standin: %s registered in %s (initial)", target_id, tg_arn.rsplit("/", 2)[-2])
@@ -240,7 +247,8 @@ class Layer:
             if not checks_enabled:
                 return HEALTH_CHECK_DISABLED
             elapsed = now - record.registered_at
-            interval = self.scaled(interval_seconds)
+            scale = self.settings.time_scale if record.time_scale is None else record.time_scale
+            interval = interval_seconds * scale
             if self.is_broken(target_id, record):
                 return INITIAL if elapsed < interval * unhealthy_threshold else UNHEALTHY
             return INITIAL if elapsed < interval * healthy_threshold else HEALTHY

@@ -160,7 +160,8 @@ class _ImmutableWaitOperator(BaseOperator):
         if event["status"] != "success":
             raise DeployError(message)
         self.log.info("Done: %s", message)
-        return self.result(trigger_args or {})
+        # dag.test() resumes with the event alone (it drops the defer kwargs): the event says it too.
+        return self.result(trigger_args or dict(event.get("waited_for") or {}))
 
 
 class WaitForInServiceOperator(_ImmutableWaitOperator):
