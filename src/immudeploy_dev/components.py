@@ -1,4 +1,5 @@
-"""The Airflow side of the local stack: its airflow.cfg, each component's environment, readiness."""
+"""The local stack's components: the AWS stand-in's command line and timing, Airflow's airflow.cfg, each
+component's environment, readiness."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import requests
 
 from immudeploy.core.config import REPO_ROOT
 from immudeploy_ci.api import DEPLOY_DAG_ID, AirflowApi
+from immudeploy_dev.demo import DEREGISTRATION_DELAY_SECONDS, HEALTH_CHECK_INTERVAL_SECONDS, HEALTHY_THRESHOLD
 from immudeploy_dev.processes import (
     MARKER_VARIABLE,
     StackError,
@@ -23,6 +25,7 @@ from immudeploy_dev.processes import (
     wait_for,
     write_private,
 )
+from immudeploy_dev.standin.control import CONTROL_PREFIX
 
 REGION = "us-east-1"
 DEPLOYER = "deployer"
@@ -66,7 +69,7 @@ def write_airflow_config(home: Path, api_url: str, api_port: int, passwords_file
     return path
 
 
-def component_environment(home: Path, moto_url: str, stack_id: str) -> dict[str, str]:
+def component_environment(home: Path, aws_url: str, stack_id: str) -> dict[str, str]:
     """The components' environment: the caller's, minus any Airflow or AWS settings of its own."""
     env = {
         k: v
@@ -84,11 +87,12 @@ def component_environment(home: Path, moto_url: str, stack_id: str) -> dict[str,
                     "conn_type": "aws",
                     "login": "testing",
                     "password": "testing",
-                    "extra": {"region_name": REGION, "endpoint_url": moto_url},
+                    "extra": {"region_name": REGION, "endpoint_url": aws_url},
                 }
             ),
             "IMMUDEPLOY_CONFIG": str(REPO_ROOT / "config" / "deployments.yaml"),
-            # moto answers at once: short polls and retry delays keep a demo deploy around a minute.
+            # The stand-in's steps take a few seconds each: short polls and retry delays keep a
+            # demo deploy around a minute.
             "IMMUDEPLOY_POLL_SECONDS": "2",
             "IMMUDEPLOY_RETRY_DELAY_SECONDS": "3",
             "IMMUDEPLOY_LOCK_WAIT_SECONDS": "600",
@@ -146,4 +150,53 @@ def wait_until_ready(state: StackState, api: AirflowApi, timeout: float) -> None
     wait_for(f"DAG {DEPLOY_DAG_ID} to be parsed", dag_parsed, timeout)
 
 
-# --- AWS (moto) -----------------------------------------------------------------------------------------
+# --- AWS: the stand-in ---------------------------------------------------------------------------------
+
+# The demo's AWS durations in AWS seconds; the stand-in multiplies each by the time scale. The demo target
+# groups need 2 health checks 5 s apart (10 s) and have a 30 s deregistration delay (demo.py). AWS boots
+# and deletes a group in about 60 s; the demo shortens both to 10 s so that at the default scale every
+# step of a swap takes about 3 s: long enough to see both fleets serve and the old one drain, short
+# enough for a demo of two deploys.
+DEFAULT_TIME_SCALE = 0.3
+STANDIN_BOOT_SECONDS = 10.0
+STANDIN_GROUP_DELETE_SECONDS = 10.0
+# A drain ends once the old targets' in-flight requests are done: after 40 % of the delay (12 s of 30 s).
+STANDIN_DRAIN_FRACTION = 0.4
+
+
+def standin_command(port: int, time_scale: float) -> list[str]:
+    """`python -m immudeploy_dev.standin` with the demo's durations (lb sync: the stand-in's 2 s)."""
+    return [
+        sys.executable,
+        "-m",
+        "immudeploy_dev.standin",
+        "--port",
+        str(port),
+        "--time-scale",
+        repr(time_scale),
+        "--boot-seconds",
+        str(STANDIN_BOOT_SECONDS),
+        "--group-delete-seconds",
+        str(STANDIN_GROUP_DELETE_SECONDS),
+        "--drain-fraction",
+        str(STANDIN_DRAIN_FRACTION),
+    ]
+
+
+def describe_timing(time_scale: float | None) -> str:
+    """What the time scale means for the demo, in wall-clock seconds."""
+    if time_scale is None:
+        return "plain moto: every change at once"
+    if time_scale == 0:
+        return "time scale 0: AWS's order of events, no waiting"
+    health = HEALTH_CHECK_INTERVAL_SECONDS * HEALTHY_THRESHOLD * time_scale
+    drain = DEREGISTRATION_DELAY_SECONDS * STANDIN_DRAIN_FRACTION * time_scale
+    return (
+        f"time scale {time_scale:g}: health checks {health:.1f} s, boot {STANDIN_BOOT_SECONDS * time_scale:.1f} s, "
+        f"drains {drain:.1f} s of a {DEREGISTRATION_DELAY_SECONDS * time_scale:.1f} s delay"
+    )
+
+
+def standin_answers(aws_url: str) -> bool | None:
+    response = requests.get(f"{aws_url}{CONTROL_PREFIX}health", timeout=5)
+    return True if response.ok else None

@@ -1,9 +1,11 @@
-"""A demo network, load balancer and live fleet for the tests and the local (moto) demo stack."""
+"""A demo network, load balancer and live fleet for the tests and the local demo stack (on the AWS
+stand-in), and a look at which server groups stand behind a target group, in which target states."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,6 +32,9 @@ LIVE_PORT = 80
 # Staging traffic reaches the new fleet through its own listener before the real swap.
 STAGING_PORT = 8080
 HEALTH_CHECK_PATH = "/health"
+# A new target turns healthy after HEALTHY_THRESHOLD checks this far apart: 10 s (AWS's defaults: 30 s x 5).
+HEALTH_CHECK_INTERVAL_SECONDS = 5
+HEALTHY_THRESHOLD = 2
 # Short demo drains; the AWS default is 300 s.
 DEREGISTRATION_DELAY_SECONDS = 30
 # Load balancer and target group names: at most 32 letters, digits and hyphens.
@@ -160,9 +165,9 @@ def _ensure_target_group(elbv2: Any, name: str, vpc_id: str, tags: list[dict[str
         TargetType="instance",
         HealthCheckProtocol="HTTP",
         HealthCheckPath=HEALTH_CHECK_PATH,
-        HealthCheckIntervalSeconds=5,
+        HealthCheckIntervalSeconds=HEALTH_CHECK_INTERVAL_SECONDS,
         HealthCheckTimeoutSeconds=4,
-        HealthyThresholdCount=2,
+        HealthyThresholdCount=HEALTHY_THRESHOLD,
         UnhealthyThresholdCount=2,
         Matcher={"HttpCode": "200"},
         Tags=tags,
@@ -175,6 +180,10 @@ def _ensure_target_group(elbv2: Any, name: str, vpc_id: str, tags: list[dict[str
     )
     log.info("Created target group %s", name)
     return str(arn)
+
+
+def live_target_group_name(app: str, environment: str) -> str:
+    return _elb_name(app, environment, "live")
 
 
 def _ensure_listener(elbv2: Any, load_balancer_arn: str, port: int, target_group_arn: str) -> str:
@@ -206,7 +215,9 @@ def seed_demo_network(clients: AwsApi, app: str, environment: str) -> DemoEnviro
     load_balancer = _ensure_load_balancer(
         clients.elbv2, _elb_name(app, environment, "demo"), subnet_ids, security_group_id, tags
     )
-    target_group_arn = _ensure_target_group(clients.elbv2, _elb_name(app, environment, "live"), vpc_id, tags)
+    target_group_arn = _ensure_target_group(
+        clients.elbv2, live_target_group_name(app, environment), vpc_id, tags
+    )
     staging_arn = _ensure_target_group(clients.elbv2, _elb_name(app, environment, "staging"), vpc_id, tags)
     load_balancer_arn = str(load_balancer["LoadBalancerArn"])
     return DemoEnvironment(
@@ -252,3 +263,45 @@ def seed_live_fleet(
     group = launch_server_group(clients, spec)
     attach_server_group(clients, group.name, [env.target_group_arn])
     return restore_capacity(clients, group.name, capacity)
+
+
+# --- behind the load balancer ---------------------------------------------------------------------------
+
+# The order a target goes through: registered, serving, (failing), deregistered.
+TARGET_STATE_ORDER = ("initial", "healthy", "unhealthy", "draining", "unused", "unavailable")
+# A target whose instance no Auto Scaling group lists (e.g. registered by hand).
+NO_GROUP = "(no group)"
+
+
+def target_group_composition(clients: AwsApi, target_group_arn: str) -> dict[str, Counter[str]]:
+    """The target group's targets counted by Auto Scaling group and target state."""
+    # Groups first: an instance is in its group before it is registered as a target, so a target
+    # seen here always finds its group.
+    owners = {
+        instance["InstanceId"]: group["AutoScalingGroupName"]
+        for page in clients.autoscaling.get_paginator("describe_auto_scaling_groups").paginate()
+        for group in page["AutoScalingGroups"]
+        for instance in group.get("Instances", [])
+    }
+    found = clients.elbv2.describe_target_health(TargetGroupArn=target_group_arn)["TargetHealthDescriptions"]
+    composition: dict[str, Counter[str]] = {}
+    for description in found:
+        group = owners.get(description["Target"]["Id"], NO_GROUP)
+        composition.setdefault(group, Counter())[description["TargetHealth"]["State"]] += 1
+    return composition
+
+
+def describe_composition(composition: dict[str, Counter[str]]) -> str:
+    """E.g. `shop-prod-v001 2 healthy | shop-prod-v002 1 initial, 1 healthy`; `no targets` when empty."""
+
+    def rank(state: str) -> tuple[int, str]:
+        known = TARGET_STATE_ORDER.index(state) if state in TARGET_STATE_ORDER else len(TARGET_STATE_ORDER)
+        return known, state
+
+    return (
+        " | ".join(
+            f"{group} " + ", ".join(f"{counts[state]} {state}" for state in sorted(counts, key=rank))
+            for group, counts in sorted(composition.items())
+        )
+        or "no targets"
+    )

@@ -45,9 +45,12 @@ class StackState:
     stack_id: str
     state_dir: str
     airflow_home: str
-    moto_url: str
+    # The AWS stand-in's endpoint (python -m immudeploy_dev.standin: moto with AWS's timing).
+    aws_url: str
     api_url: str
     started_at: float
+    # The stand-in's time scale; None: a stack recorded before the stand-in (plain moto, no timing).
+    time_scale: float | None = None
     processes: list[StackProcess] = field(default_factory=list)
 
     @property
@@ -66,6 +69,9 @@ class StackState:
         if not path.exists():
             return None
         data = json.loads(path.read_text())
+        # A state file written before the stand-in replaced plain moto: `down` must still find it.
+        if "moto_url" in data:
+            data["aws_url"] = data.pop("moto_url")
         data["processes"] = [StackProcess(**p) for p in data.get("processes", [])]
         return cls(**data)
 
@@ -194,8 +200,8 @@ def _stack_processes(state: StackState) -> list[Any]:
 
 
 def stop_stack(state: StackState, grace: float = STOP_GRACE_SECONDS) -> list[str]:
-    """SIGTERM to each recorded process's session group (the components first, moto last), SIGKILL
-    to whatever is left after `grace` seconds. Returns what had to be killed."""
+    """SIGTERM to each recorded process's session group (the components first, the AWS stand-in
+    last), SIGKILL to whatever is left after `grace` seconds. Returns what had to be killed."""
     import psutil
 
     victims = _stack_processes(state)

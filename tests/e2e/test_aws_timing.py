@@ -306,3 +306,47 @@ def test_a_burst_of_throttling_on_every_call_site_is_absorbed_and_the_deploy_suc
     assert str(run.state) == "success", task_states(run)
     assert len({i.service for i in throttled}) == 4 and len(throttled) > 10
     assert sampler.lowest is not None and sampler.lowest >= 3
+
+
+# --- an outage of the endpoint ------------------------------------------------------------------
+
+
+def test_a_30_second_outage_mid_swap_recovers_or_fails_clearly_and_never_empties_the_target_group(
+    airflow_db, aws, fleet_clients, demo_network, live_of, tmp_path, monkeypatch, capfd
+) -> None:
+    write_config(tmp_path, monkeypatch, staging=False)
+    old = live_of(3)
+    outages: list[Any] = []
+
+    def cut_when_the_new_fleet_registers() -> None:
+        # Mid-swap: the new group's targets have joined the target group beside the old ones.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            found = fleet_clients.elbv2.describe_target_health(TargetGroupArn=demo_network.target_group_arn)
+            if len(found["TargetHealthDescriptions"]) > len(old):
+                outages.append(aws.standin.outage(30))
+                return
+            time.sleep(0.05)
+
+    cutter = threading.Thread(target=cut_when_the_new_fleet_registers, daemon=True)
+    with HealthySampler(fleet_clients.elbv2, demo_network.target_group_arn) as sampler:
+        cutter.start()
+        run = load_dag("immutable_deploy").test(
+            run_conf={"app": APP, "environment": ENVIRONMENT, "version": "2.0.0"}
+        )
+        cutter.join()
+    assert outages and outages[0].ended.is_set(), "the outage happened and ended during the run"
+    out, err = capfd.readouterr()
+    print(
+        f"outage mid-swap: run {run.state}; {sampler.unreachable} samples refused, lowest healthy {sampler.lowest}"
+    )
+    # Whatever the outcome, the target group always had the live fleet's capacity when it answered.
+    assert sampler.unreachable > 0 and sampler.lowest is not None and sampler.lowest >= 3
+    serving = healthy_ids(fleet_clients, demo_network.target_group_arn)
+    if str(run.state) == "success":
+        assert len(serving) == 3 and not serving & old
+    else:
+        # A clear failure: a failed task whose error names the endpoint, and the old fleet serving.
+        assert "Could not connect to the endpoint URL" in out + err
+        assert serving == old and task_states(run)["undo_on_failure"] == "success"
+    assert orphan_instances(fleet_clients) == set()

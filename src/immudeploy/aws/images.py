@@ -115,13 +115,9 @@ def delete_unused_images(clients: AwsApi, app: str, keep: int) -> list[str]:
 
 def require_image(ec2: Any, image_id: str, app: str, field_name: str) -> dict[str, Any]:
     """An image given by id must exist, be available and belong to the app."""
-    try:
-        images = ec2.describe_images(ImageIds=[image_id]).get("Images", [])
-    except ClientError:
-        images = []
-    if not images:
+    image = find_image(ec2, image_id)
+    if image is None:
         raise InvalidInput(field_name, f"image {image_id} does not exist in this region")
-    image = images[0]
     if image.get("State") != "available":
         raise InvalidInput(field_name, f"image {image_id} is {image.get('State')}, not available")
     owner_app = from_aws_tags(image.get("Tags")).get(TAG_APP)
@@ -148,3 +144,14 @@ def previous_version_image(
         wanted = f"version {to_version}" if to_version else f"a version other than {current_version}"
         raise DeployError(f"no image of {app} with {wanted} to roll back to")
     return max(candidates, key=lambda image: image.get("CreationDate", ""))
+
+
+def find_image(ec2: Any, image_id: str) -> dict[str, Any] | None:
+    """One image by id; None when EC2 does not know it."""
+    try:
+        images = ec2.describe_images(ImageIds=[image_id]).get("Images", [])
+    except ClientError as error:
+        if error_code(error) != "InvalidAMIID.NotFound":
+            raise
+        return None
+    return dict(images[0]) if images else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -10,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
-
-from botocore.exceptions import ClientError
 
 from immudeploy.core.errors import DeployError
 from immudeploy.core.naming import validate_app, validate_environment
@@ -55,10 +54,6 @@ def _break_marker_name(lock_name: str, value: str) -> str:
     return f"{lock_name}-breaking/{digest}"
 
 
-def _error_code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
-
-
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -78,29 +73,22 @@ def _read(ssm: Any, name: str) -> tuple[LockHolder, str] | None:
     """The holder and the raw value (compared before breaking), or None when nobody holds the lock."""
     try:
         parameter = ssm.get_parameter(Name=name)["Parameter"]
-    except ClientError as error:
-        if _error_code(error) == "ParameterNotFound":
-            return None
-        raise
+    except ssm.exceptions.ParameterNotFound:
+        return None
     return _parse_holder(parameter["Value"], parameter), parameter["Value"]
 
 
 def _try_create(ssm: Any, name: str, value: str, description: str) -> bool:
     try:
         ssm.put_parameter(Name=name, Value=value, Type="String", Overwrite=False, Description=description)
-    except ClientError as error:
-        if _error_code(error) == "ParameterAlreadyExists":
-            return False
-        raise
+    except ssm.exceptions.ParameterAlreadyExists:
+        return False
     return True
 
 
 def _delete(ssm: Any, name: str) -> None:
-    try:
+    with contextlib.suppress(ssm.exceptions.ParameterNotFound):
         ssm.delete_parameter(Name=name)
-    except ClientError as error:
-        if _error_code(error) != "ParameterNotFound":
-            raise
 
 
 def current_holder(ssm: Any, app: str, environment: str) -> LockHolder | None:

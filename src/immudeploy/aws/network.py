@@ -6,8 +6,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from immudeploy.core.config import EnvironmentConfig
 from immudeploy.core.errors import InvalidInput
 
@@ -56,13 +54,8 @@ def describe_target_group(elbv2: Any, name: str, field: str) -> dict[str, Any]:
             groups = elbv2.describe_target_groups(TargetGroupArns=[name])["TargetGroups"]
         else:
             groups = elbv2.describe_target_groups(Names=[name])["TargetGroups"]
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in (
-            "TargetGroupNotFound",
-            "TargetGroupNotFoundException",
-        ):
-            raise InvalidInput(field, f"target group {name!r} does not exist") from None
-        raise
+    except elbv2.exceptions.TargetGroupNotFoundException:
+        raise InvalidInput(field, f"target group {name!r} does not exist") from None
     if len(groups) != 1:
         raise InvalidInput(field, f"target group {name!r} matches {len(groups)} groups")
     return dict(groups[0])

@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError, WaiterError
+from botocore.exceptions import WaiterError
 
 from immudeploy.aws.connection import PackerAwsSettings
+from immudeploy.aws.images import find_image
 from immudeploy.core.errors import BakeError, InvalidInput, WaitTimeout
 from immudeploy.core.naming import (
     TAG_APP,
@@ -135,16 +136,6 @@ def resolve_base_image(ec2: Any, base: BaseImage) -> str:
     # Ties in creation date (one-second resolution) go to the later name: families put dates in names.
     newest = max(images, key=lambda image: (image.get("CreationDate", ""), image.get("Name", "")))
     return newest["ImageId"]
-
-
-def find_image(ec2: Any, image_id: str) -> dict[str, Any] | None:
-    try:
-        images = ec2.describe_images(ImageIds=[image_id]).get("Images", [])
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") != "InvalidAMIID.NotFound":
-            raise
-        return None
-    return dict(images[0]) if images else None
 
 
 def find_baked_image(ec2: Any, app: str, version: str, fingerprint: str, name: str) -> dict[str, Any] | None:

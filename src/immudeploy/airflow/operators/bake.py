@@ -10,6 +10,7 @@ from airflow.sdk import BaseOperator, Context
 
 from immudeploy.airflow.links import ImageLink
 from immudeploy.aws.connection import DEFAULT_CONN_ID, AwsClients, packer_aws_settings
+from immudeploy.aws.images import find_image
 from immudeploy.core.errors import InvalidInput
 from immudeploy.core.naming import validate_ami_id
 from immudeploy.release.bake import (
@@ -18,7 +19,6 @@ from immudeploy.release.bake import (
     BaseImage,
     bake_image,
     default_template_dir,
-    find_image,
 )
 from immudeploy.release.packer import PackerRunner
 

@@ -278,9 +278,7 @@ def launch_server_group(clients: AwsApi, spec: LaunchSpec) -> ServerGroup:
         kwargs["TargetGroupARNs"] = list(spec.target_group_arns)
     try:
         clients.autoscaling.create_auto_scaling_group(**kwargs)
-    except ClientError as error:
-        if error_code(error) != "AlreadyExists":
-            raise
+    except clients.autoscaling.exceptions.AlreadyExistsFault:
         raw = describe_raw_group(clients, name)
         if raw is None or from_aws_tags(raw.get("Tags")).get(TAG_DEPLOY_ID) != spec.deploy_id:
             raise
