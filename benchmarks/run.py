@@ -5,7 +5,7 @@ Run from the repository root:
     .venv/bin/python benchmarks/run.py           # full: fleets of 3, 30 and 100
     .venv/bin/python benchmarks/run.py --quick   # fleets of 3 and 30, fewer repetitions
 
-Starts its own moto server (in this process, on a free loopback port) and stops it at the end;
+Starts its own AWS stand-in (moto with the project's behaviour layer, time scale 0; in this process, on a free loopback port) and stops it at the end;
 Packer runs as a child process in its own session and is always reaped. Nothing is left running.
 """
 
@@ -33,7 +33,6 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
-PLUGINS = REPO / "plugins"
 REGION = "us-east-1"
 BASE_IMAGE = "ami-785db401"  # one of the public images moto ships
 APP, ENVIRONMENT = "shop", "prod"
@@ -52,12 +51,10 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 # This process only (the DAG parse subprocess gets Airflow's default): no INFO lines in the table.
 _PARSE_ENV = dict(os.environ)
 os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
-if str(PLUGINS) not in sys.path:
-    sys.path.insert(0, str(PLUGINS))
-
 import boto3  # noqa: E402
 import requests  # noqa: E402
-from moto.server import ThreadedMotoServer  # noqa: E402
+
+from immudeploy_dev.standin import StandIn  # noqa: E402
 
 
 def _quiet_logs() -> None:
@@ -147,7 +144,6 @@ _PARSE_SCRIPT = textwrap.dedent(
 
 def bench_dag_parse(runs: int) -> list[str]:
     env = dict(_PARSE_ENV)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PLUGINS), env.get("PYTHONPATH", "")) if p)
     proc = subprocess.run(
         [sys.executable, "-c", _PARSE_SCRIPT, str(DAGS), str(runs)],
         capture_output=True,
@@ -219,18 +215,20 @@ class CountingClients:
 
 
 class MotoServer:
+    """The AWS stand-in at time scale 0: AWS's order of events (asynchronous detach, draining), no waiting."""
+
     def __init__(self) -> None:
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server: StandIn | None = None
         self.endpoint_url = ""
 
     def __enter__(self) -> MotoServer:
-        self.server.start()
-        host, port = self.server.get_host_and_port()
-        self.endpoint_url = f"http://{host}:{port}"
+        self.server = StandIn(time_scale=0.0)
+        self.endpoint_url = self.server.endpoint_url
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.stop()
+        if self.server is not None:
+            self.server.stop()
 
     def reset(self) -> float:
         """Fresh state, then one untimed EC2 call: moto loads its ~1,300 public AMIs on first use.
