@@ -14,6 +14,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from immudeploy.aws.target_health import unhealthy_targets
 from immudeploy.core.naming import TAG_VERSION, from_aws_tags
 from immudeploy.release.staging import ENV_INSTANCE_IDS, ENV_TARGET_GROUP_ARN, ENV_VERSION
 
@@ -56,19 +57,9 @@ def check_instances(ec2: Any, instance_ids: Sequence[str], version: str) -> list
 
 def check_target_health(elbv2: Any, target_group_arn: str, instance_ids: Sequence[str]) -> list[str]:
     """Every instance is registered and `healthy` in the staging target group (on every port it uses)."""
-    descriptions = elbv2.describe_target_health(TargetGroupArn=target_group_arn)["TargetHealthDescriptions"]
-    states: dict[str, list[str]] = {}
-    for description in descriptions:
-        states.setdefault(description["Target"]["Id"], []).append(description["TargetHealth"]["State"])
-    problems = []
-    for instance_id in instance_ids:
-        seen = states.get(instance_id)
-        if not seen:
-            problems.append(f"{instance_id} is not registered in the staging target group")
-        elif any(state != "healthy" for state in seen):
-            problems.append(f"{instance_id} is {'/'.join(seen)} in the staging target group")
+    problems = unhealthy_targets(elbv2, [target_group_arn], instance_ids)
     if problems:
-        raise SmokeFailure("; ".join(problems))
+        raise SmokeFailure("staging target group: " + "; ".join(problems))
     return [f"{len(instance_ids)} instances are healthy in {target_group_arn}"]
 
 
