@@ -112,20 +112,6 @@ def group_names(clients: Any) -> set[str]:
     }
 
 
-@pytest.fixture
-def live_of(aws: Any, fleet_clients: Any, demo_network: Any):
-    """Seed a live group of `size` (instantly), wait until it serves, then turn AWS's timing on."""
-
-    def seed(size: int) -> set[str]:
-        capacity = Capacity(min=max(size - 1, 1), max=2 * size, desired=size)
-        seed_live_fleet(fleet_clients, demo_network, APP, ENVIRONMENT, "1.0.0", BASE_IMAGE, capacity)
-        wait_healthy(fleet_clients, demo_network.target_group_arn, size)
-        aws.standin.configure(time_scale=TIME_SCALE)
-        return healthy_ids(fleet_clients, demo_network.target_group_arn)
-
-    return seed
-
-
 @pytest.mark.parametrize("size", [3, 30])
 def test_both_fleets_serve_while_the_old_one_drains_and_capacity_never_drops(
     airflow_db, aws, fleet_clients, demo_network, live_of, tmp_path, monkeypatch, size

@@ -211,13 +211,28 @@ def publish_config(clients: Any, plan: DeployPlan) -> dict[str, Any]:
 # --- the fleet ---------------------------------------------------------------------------------
 
 
+def live_group_now(clients: Any, plan: DeployPlan) -> tuple[ServerGroup | None, Capacity]:
+    """The live group as it is now, and the size a new group needs: read when used, not planned.
+
+    The plan was made before the bake; meanwhile the live group may have autoscaled or an operator
+    may have changed it. The new group gets its current desired count (never fewer) and the live
+    group's own min/max (from its restore tag when a swap pinned it), widened to fit that count.
+    """
+    live = describe_server_group(clients, plan.live.name) if plan.live else None
+    if live is None:
+        return None, plan.capacity
+    original = live.restore_capacity or live.capacity
+    desired = max(live.capacity.desired, 1)
+    return live, Capacity(min(original.min, desired), max(original.max, desired), desired)
+
+
 def launch_fleet(clients: Any, plan: DeployPlan, image_id: str) -> ServerGroup:
-    """The new group, sized like the live one and pinned; the live group is pinned too."""
-    capacity = plan.capacity
-    live = plan.live
-    if live is not None and describe_server_group(clients, live.name) is not None:
-        # Nothing may scale the old fleet in while the new one comes up (no race on its size).
-        pin_capacity(clients, live.name, live.capacity)
+    """The new group, sized like the live one at this moment and pinned; the live group is pinned too."""
+    live, capacity = live_group_now(clients, plan)
+    if live is not None:
+        # Nothing may scale the old fleet in while the new one comes up; pinned at its size now, so
+        # no serving instance is terminated (the first pin records its min/max for the restore).
+        pin_capacity(clients, live.name, capacity)
     # Not in the load balancer yet: the cutover attaches it once it is InService.
     spec = _launch_spec(
         plan,
@@ -250,12 +265,16 @@ def detach_old_fleet(clients: Any, plan: DeployPlan, new_group_name: str) -> lis
 
 
 def finish_swap(clients: Any, plan: DeployPlan, new_group_name: str) -> ServerGroup:
-    """The new group gets the old group's min and max back and autoscales normally again."""
-    live = plan.live
-    target = plan.capacity
-    if live is not None:
-        original = live.restore_capacity or live.capacity
-        target = Capacity(original.min, original.max, target.desired)
+    """The new group gets the old group's min and max back and autoscales normally again.
+
+    Read from AWS now: what the live group was set to during the run (a higher desired or max) is
+    what the new group keeps, and its desired count is never lowered.
+    """
+    _, target = live_group_now(clients, plan)
+    new = describe_server_group(clients, new_group_name)
+    if new is not None and new.capacity.desired > target.desired:
+        desired = new.capacity.desired
+        target = Capacity(min(target.min, desired), max(target.max, desired), desired)
     return restore_capacity(clients, new_group_name, target)
 
 

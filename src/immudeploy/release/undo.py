@@ -34,7 +34,8 @@ def undo_failed_run(
     live = plan.live
     old = describe_server_group(clients, live.name) if live else None
     if old is not None:
-        original = live.restore_capacity or live.capacity  # type: ignore[union-attr]
+        # Its own restore tag (written when the swap pinned it), not the plan: the size it had then.
+        original = old.restore_capacity or old.capacity
         if old.capacity.desired < original.desired:
             scale_server_group(clients, old.name, original.pinned())
             actions.append(f"scaled {old.name} back to {original.desired}")
@@ -79,7 +80,8 @@ def undo_failed_run(
             detach_server_group(clients, kept.name, plan.target_group_arns)
             actions.append(f"detached {kept.name} again")
     if old is not None:
-        restore_capacity(clients, old.name, live.restore_capacity or live.capacity)  # type: ignore[union-attr]
+        # min/max back from its restore tag (what it had before the pin), whatever the plan says.
+        restore_capacity(clients, old.name)
     for name in teardown_staging(clients, plan):
         actions.append(f"deleted staging group {name}")
     if not actions:
