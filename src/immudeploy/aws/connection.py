@@ -35,6 +35,9 @@ class AwsApi(Protocol):
     @property
     def elbv2(self) -> Any: ...
 
+    @property
+    def ssm(self) -> Any: ...
+
 
 @dataclass
 class AwsClients:

@@ -62,6 +62,8 @@ class EnvironmentConfig:
     keep_old_groups: int
     keep_images: int
     observation_minutes: float
+    # Detaching the old group needs this share of its desired count healthy in the new one.
+    min_healthy_percent: int
     alarms: tuple[str, ...]
     nightly: bool
     nightly_schedule: str
@@ -171,6 +173,7 @@ _ENV_FIELDS = {
     "keep_old_groups",
     "keep_images",
     "observation_minutes",
+    "min_healthy_percent",
     "alarms",
     "nightly",
     "runtime_config",
@@ -269,12 +272,20 @@ def _environment(app: str, app_reader: _Reader, name: str, data: Any, base_dir: 
         keep_old_groups=env.integer("keep_old_groups", 0),
         keep_images=env.integer("keep_images", 5, minimum=1),
         observation_minutes=env.number("observation_minutes", 0.0),
+        min_healthy_percent=_percent(env, "min_healthy_percent", 100),
         alarms=env.strings("alarms"),
         nightly=nightly,
         nightly_schedule=schedule,
         ssm_prefix=ssm_prefix.rstrip("/"),
         runtime_config={k: str(v) for k, v in runtime.items()},
     )
+
+
+def _percent(env: _Reader, key: str, default: int) -> int:
+    value = env.integer(key, default, minimum=1)
+    if value > 100:
+        raise InvalidInput(env.name(key), f"is a percentage of the old group's size (1 to 100), got {value}")
+    return int(value)
 
 
 def parse_config(text: str, path: Path) -> DeploymentConfig:

@@ -114,6 +114,8 @@ class DeployPlan:
     release_url: str
     planned_at: str
     # Rollback only: "swap" to a kept group, or "redeploy" the previous image.
+    # The traffic guard: share of the old group's desired count the new one must have healthy.
+    min_healthy_percent: int = 100
     rollback_mode: str | None = None
     rollback_group: str | None = None
     notes: list[str] = field(default_factory=list)

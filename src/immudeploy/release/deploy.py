@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -98,6 +99,7 @@ def base_plan(clients: Any, env: EnvironmentConfig, dag_id: str, run_id: str, ve
         "keep_old_groups": env.keep_old_groups,
         "keep_images": env.keep_images,
         "observation_seconds": env.observation_minutes * 60,
+        "min_healthy_percent": env.min_healthy_percent,
         "alarms": list(env.alarms),
         "health_timeout_seconds": env.health_timeout_seconds,
         "drain_timeout_seconds": env.drain_timeout_seconds,
@@ -158,6 +160,7 @@ def _launch_spec(
 def launch_staging(clients: Any, plan: DeployPlan, image_id: str) -> ServerGroup | None:
     if plan.staging is None:
         return None
+    remove_abandoned_staging(clients, plan)
     staging = plan.staging
     spec = _launch_spec(
         plan,
@@ -169,6 +172,24 @@ def launch_staging(clients: Any, plan: DeployPlan, image_id: str) -> ServerGroup
         capacity=Capacity(staging.capacity, staging.capacity, staging.capacity),
     )
     return launch_server_group(clients, spec)
+
+
+def remove_abandoned_staging(clients: Any, plan: DeployPlan) -> list[str]:
+    """Delete staging groups that other runs of this app and environment left (with their instances).
+
+    This run holds the app/environment lock, so no other run of it is alive: a staging group with
+    another deploy id belongs to a run that died before its teardown.
+    """
+    deleted = []
+    for group in find_server_groups(clients, plan.app, staging_environment(plan.environment)):
+        if group.deploy_id != plan.deploy_id and delete_server_group(clients, group.name, force=True):
+            log.info(
+                "Deleted staging group %s left by deploy %s, which is no longer running",
+                group.name,
+                group.deploy_id,
+            )
+            deleted.append(group.name)
+    return deleted
 
 
 def teardown_staging(clients: Any, plan: DeployPlan) -> list[str]:
@@ -260,7 +281,9 @@ def detach_old_fleet(clients: Any, plan: DeployPlan, new_group_name: str) -> lis
     current = describe_server_group(clients, live.name)
     if current is None:
         return []
-    detach_server_group(clients, live.name, plan.target_group_arns)
+    # The new group must carry the old one's load: min_healthy_percent of its desired count, not one target.
+    required = max(1, math.ceil(current.capacity.desired * plan.min_healthy_percent / 100))
+    detach_server_group(clients, live.name, plan.target_group_arns, min_healthy=required)
     return list(current.instance_ids)
 
 

@@ -280,7 +280,7 @@ def test_traffic_guard_refuses_to_detach_or_delete_the_only_serving_group(
 ) -> None:
     tg = demo_network.target_group_arn
     with pytest.raises(
-        TrafficGuardError, match=r"shop-prod-live would have no healthy target \(3 healthy now"
+        TrafficGuardError, match=r"shop-prod-live would keep 0 healthy targets, needs 1 \(3 healthy now"
     ):
         detach_server_group(fleet_clients, live_fleet.name, [tg])
     with pytest.raises(TrafficGuardError):

@@ -148,7 +148,7 @@ def _claim_name(clients: AwsApi, spec: LaunchSpec) -> ServerGroupName:
     tagged with its deploy id: the retry reuses that number. A template left by any other run is
     never reused (its image and user data belong to another release), so its number is skipped;
     retire_server_groups deletes such orphans later. Groups being deleted count too: AWS keeps
-    their name taken until the deletion ends.
+    their name taken until the deletion ends; and so do deleted ones (the SSM high-water mark).
     """
     raw_groups = raw_groups_of(clients, spec.app, spec.environment, include_deleting=True)
     templates = launch_templates_of(clients, spec.app, spec.environment)
@@ -161,7 +161,30 @@ def _claim_name(clients: AwsApi, spec: LaunchSpec) -> ServerGroupName:
     names = [ServerGroupName.parse(raw["AutoScalingGroupName"]) for raw in raw_groups]
     names += [ServerGroupName.parse(t["LaunchTemplateName"]) for t in templates]
     highest = max((n.sequence for n in names if n is not None), default=0)
-    return ServerGroupName(spec.app, spec.environment, highest + 1)
+    # Groups and templates get deleted; the number they had must still never come back (logs,
+    # metrics and a rollback's record name groups by it): the highest number used is kept in SSM.
+    claimed = ServerGroupName(spec.app, spec.environment, max(highest, _last_sequence(clients, spec)) + 1)
+    clients.ssm.put_parameter(
+        Name=last_sequence_parameter(spec.app, spec.environment),
+        Value=str(claimed.sequence),
+        Type="String",
+        Overwrite=True,
+        Description=f"immudeploy: the highest server group number used by {spec.app}/{spec.environment}",
+    )
+    return claimed
+
+
+def last_sequence_parameter(app: str, environment: str) -> str:
+    return f"/immutable/{app}/{environment}/last-group-sequence"
+
+
+def _last_sequence(clients: AwsApi, spec: LaunchSpec) -> int:
+    try:
+        value = clients.ssm.get_parameter(Name=last_sequence_parameter(spec.app, spec.environment))
+    except clients.ssm.exceptions.ParameterNotFound:
+        return 0
+    text = value["Parameter"]["Value"]
+    return int(text) if text.isdigit() else 0
 
 
 def _resource_tags(spec: LaunchSpec) -> dict[str, str]:

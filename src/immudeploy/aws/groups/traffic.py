@@ -59,29 +59,35 @@ def attach_server_group(
 
 
 def check_traffic_guard(
-    clients: AwsApi, target_group_arns: list[str], leaving_instance_ids: list[str]
+    clients: AwsApi, target_group_arns: list[str], leaving_instance_ids: list[str], min_healthy: int = 1
 ) -> None:
-    """Raise TrafficGuardError if removing these instances would leave a target group with no healthy target."""
+    """Raise TrafficGuardError unless every target group keeps `min_healthy` healthy targets without these."""
     leaving = set(leaving_instance_ids)
     for arn in target_group_arns:
         healthy = healthy_target_ids(clients, arn)
         remaining = healthy - leaving
-        if not remaining:
+        if len(remaining) < max(min_healthy, 1):
             raise TrafficGuardError(
-                f"refusing: target group {target_group_label(arn)} would have no healthy target "
-                f"({len(healthy)} healthy now, {len(healthy & leaving)} of them among the "
-                f"{len(leaving)} instances leaving)"
+                f"refusing: target group {target_group_label(arn)} would keep {len(remaining)} healthy "
+                f"targets, needs {max(min_healthy, 1)} ({len(healthy)} healthy now, "
+                f"{len(healthy & leaving)} of them among the {len(leaving)} instances leaving)"
             )
         log.info(
-            "Traffic guard: %s keeps %d of %d healthy targets",
+            "Traffic guard: %s keeps %d of %d healthy targets (needs %d)",
             target_group_label(arn),
             len(remaining),
             len(healthy),
+            max(min_healthy, 1),
         )
 
 
 def detach_server_group(
-    clients: AwsApi, group_name: str, target_group_arns: list[str], *, force: bool = False
+    clients: AwsApi,
+    group_name: str,
+    target_group_arns: list[str],
+    *,
+    force: bool = False,
+    min_healthy: int = 1,
 ) -> ServerGroup | None:
     """Take a group out of the target groups and mark it disabled; guarded by check_traffic_guard.
 
@@ -97,7 +103,7 @@ def detach_server_group(
     if attached:
         leaving = [i["InstanceId"] for i in raw.get("Instances", [])]
         if not force:
-            check_traffic_guard(clients, attached, leaving)
+            check_traffic_guard(clients, attached, leaving, min_healthy)
         clients.autoscaling.detach_load_balancer_target_groups(
             AutoScalingGroupName=group_name, TargetGroupARNs=attached
         )
