@@ -63,3 +63,55 @@ def test_a_live_group_that_scaled_after_planning_keeps_its_instances_and_the_new
     serving = healthy_ids(fleet_clients, demo_network.target_group_arn)
     assert len(serving) == 5 and not serving & old
     assert orphan_instances(fleet_clients) == set()
+
+
+def test_the_next_deploy_repairs_a_swap_that_a_dead_run_left_with_two_groups_attached_and_pinned(
+    airflow_db, aws, fleet_clients, demo_network, live_of, tmp_path, monkeypatch, caplog
+) -> None:
+    from immudeploy.core.config import load_config
+    from immudeploy.release.deploy import attach_fleet, launch_fleet, plan_deploy
+
+    write_config(tmp_path, monkeypatch)
+    live_of(3)
+    # A run that died mid-swap (marked failed, its worker lost): v002 launched, attached beside
+    # v001, both pinned; nothing after that ran, its lock was broken.
+    dead = plan_deploy(
+        fleet_clients,
+        load_config(),
+        {"app": APP, "environment": ENVIRONMENT, "version": "1.5.0"},
+        "immutable_deploy",
+        "manual__died-mid-swap",
+    )
+    abandoned = launch_fleet(fleet_clients, dead, "ami-785db401")
+    attach_fleet(fleet_clients, dead, abandoned.name)
+    deadline = time.monotonic() + 30
+    while len(healthy_ids(fleet_clients, demo_network.target_group_arn)) < 6:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    with HealthySampler(fleet_clients.elbv2, demo_network.target_group_arn) as sampler:
+        run = load_dag("immutable_deploy").test(
+            run_conf={"app": APP, "environment": ENVIRONMENT, "version": "2.0.0"}
+        )
+    assert str(run.state) == "success", task_states(run)
+    repaired = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("Repaired an interrupted swap")
+    ]
+    assert any("detached and deleted shop-prod-v002" in line for line in repaired), repaired
+    groups = {
+        g["AutoScalingGroupName"]: g
+        for g in fleet_clients.autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
+    }
+    # Exactly one group attached: the new release; v001 kept for rollback, the abandoned v002 gone.
+    assert sorted(groups) == ["shop-prod-v001", "shop-prod-v003"]
+    attached = [name for name, g in groups.items() if g["TargetGroupARNs"]]
+    assert attached == ["shop-prod-v003"]
+    serving = groups["shop-prod-v003"]
+    assert (serving["MinSize"], serving["MaxSize"], serving["DesiredCapacity"]) == (2, 6, 3)
+    assert not {p["ProcessName"] for p in serving["SuspendedProcesses"]} & {
+        "AZRebalance",
+        "AlarmNotification",
+        "ScheduledActions",
+    }
+    assert sampler.lowest is not None and sampler.lowest >= 3
+    assert orphan_instances(fleet_clients) == set()

@@ -29,6 +29,7 @@ from immudeploy.core.naming import (
 )
 from immudeploy.core.plan import Capacity, DeployPlan, ServerGroup, StagingPlan
 from immudeploy.release.observe import observe_release
+from immudeploy.release.repair import repair_interrupted_swap
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,15 @@ def validate_deploy_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def base_plan(clients: Any, env: EnvironmentConfig, dag_id: str, run_id: str, version: str) -> dict[str, Any]:
     resolved = resolve_environment(clients.ec2, clients.elbv2, env)
+    # Under the lock, before the live group is read: what an interrupted run left is put right first.
+    repair_interrupted_swap(
+        clients,
+        env.app,
+        env.environment,
+        resolved.target_group_arns,
+        deploy_id_for(dag_id, run_id),
+        health_timeout=float(env.health_timeout_seconds or 600),
+    )
     live = live_server_group(clients, env.app, env.environment, resolved.target_group_arns)
     if live is not None:
         # A group pinned by an interrupted swap reports its pinned size; its restore tag has the real one.
