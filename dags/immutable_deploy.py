@@ -12,7 +12,7 @@ from immudeploy.airflow.tasks import (
     publish_config,
     release_lock,
     summary,
-    undo_on_failure,
+    undo_phase,
 )
 
 with DAG(
@@ -49,9 +49,8 @@ one is removed, so no target group is left without a healthy target.
     published = publish_config(plan)
     launched, swap_steps, retired, finished = swap_phases(plan, lambda: launch_fleet(plan, bake.output))
     done = summary(plan, bake.output, launched, finished, retired)
-    undo = undo_on_failure()
     unlock = release_lock()
 
     staging_tests >> published >> launched
-    [bake, *staging_steps, published, *swap_steps] >> undo
+    undo = undo_phase([bake, *staging_steps, published, *swap_steps])
     [done, undo] >> unlock.as_teardown()

@@ -11,7 +11,7 @@ from immudeploy.airflow.tasks import (
     prepare_rollback,
     release_lock,
     summary,
-    undo_on_failure,
+    undo_phase,
 )
 
 with DAG(
@@ -36,8 +36,7 @@ The bad fleet is always retired, whatever the retention setting. A failure undoe
     plan = prepare_rollback()
     launched, swap_steps, retired, finished = swap_phases(plan, lambda: bring_up_rollback_fleet(plan))
     done = summary(plan, None, launched, finished, retired)
-    undo = undo_on_failure()
     unlock = release_lock()
 
-    swap_steps >> undo
+    undo = undo_phase(swap_steps)
     [done, undo] >> unlock.as_teardown()

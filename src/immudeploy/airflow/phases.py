@@ -56,7 +56,8 @@ def staging_phase(plan: Any, image_id: Any) -> tuple[list[Any], Any]:
         )
         tests = run_staging_tests(plan, healthy.output)
         cleanup = teardown_staging(plan)
-        configured >> launched >> in_service >> healthy >> tests >> cleanup
+        # A teardown: the staging group goes however the run ends, also when it is marked failed.
+        configured >> launched >> in_service >> healthy >> tests >> cleanup.as_teardown()
     return [launched, in_service, healthy, tests], tests
 
 

@@ -290,16 +290,39 @@ def retire_old_fleets(plan: dict[str, Any], group_name: str) -> dict[str, Any]:
 # --- end of run ----------------------------------------------------------------------------------
 
 
-@task(trigger_rule=TriggerRule.ONE_FAILED, retries=3, retry_delay=DEFAULT_ARGS["retry_delay"])
-def undo_on_failure() -> list[str]:
-    """Runs only when a step failed: traffic back to the old group, then what the run made is removed."""
+# Retried more than the steps: undo is what puts traffic back where it was.
+@task(retries=3, retry_delay=DEFAULT_ARGS["retry_delay"])
+def undo_on_failure(step_task_ids: list[str]) -> list[str]:
+    """Puts traffic back on the old group and removes what the run made, when one of the steps failed.
+
+    A teardown (see `undo_phase`): it runs however the run ended, also when an operator marked the
+    run failed in the UI (which fails the running step and skips ordinary downstream tasks), and
+    decides from the steps' own states whether there is anything to undo.
+    """
     from immudeploy.release.undo import undo_failed_run
 
     context = get_current_context()
-    plan = context["ti"].xcom_pull(task_ids="prepare")
+    ti = context["ti"]
+    run_id = context["run_id"]
+    states = ti.get_task_states(dag_id=context["dag"].dag_id, run_ids=[run_id]).get(run_id, {})
+    failed = sorted(
+        task_id for task_id in step_task_ids if states.get(task_id) in ("failed", "upstream_failed")
+    )
+    if not failed:
+        return ["no step failed: nothing to undo"]
+    log.info("Undoing the run: failed steps %s", ", ".join(failed))
+    plan = ti.xcom_pull(task_ids="prepare")
     if not plan:
         return ["the run failed before it changed anything"]
     return undo_failed_run(_clients(), _plan(plan), poll_interval=min(POLL_SECONDS, 5.0))
+
+
+def undo_phase(steps: list[Any]) -> Any:
+    """undo_on_failure downstream of every step a failure of which it undoes, as a teardown task."""
+    ids = [step.operator.task_id if hasattr(step, "operator") else step.task_id for step in steps]
+    undo = undo_on_failure(ids)
+    steps >> undo
+    return undo.as_teardown()
 
 
 @task(multiple_outputs=False)

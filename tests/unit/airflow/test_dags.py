@@ -72,8 +72,20 @@ def test_deploy_dag_reads_like_the_release(dagbag) -> None:
     # The trigger form offers the configured apps and environments as choices.
     assert dag.params.get_param("app").schema["enum"] == ["shop"]
     assert dag.params.get_param("environment").schema["enum"] == ["prod"]
-    assert dag.get_task("undo_on_failure").trigger_rule == "one_failed"
+    # Undo, the staging cleanup and the lock release run however the run ends (teardowns), and undo
+    # is downstream of every step whose failure it undoes.
+    undo = dag.get_task("undo_on_failure")
+    assert undo.is_teardown and dag.get_task("staging.teardown_staging").is_teardown
     assert dag.get_task("release_lock").is_teardown
+    for step in (
+        "bake.bake_image",
+        "staging.run_staging_tests",
+        "publish_config",
+        "cutover.health_gate",
+        "observe.observe_window",
+    ):
+        assert step in undo.upstream_task_ids, step
+    assert "teardown.retire_old_fleets" not in undo.upstream_task_ids
 
 
 def test_rollback_dag_reuses_the_swap_phases(dagbag) -> None:
