@@ -25,7 +25,6 @@ from immudeploy_dev.processes import (
     wait_for,
     write_private,
 )
-from immudeploy_dev.standin.control import CONTROL_PREFIX
 
 REGION = "us-east-1"
 DEPLOYER = "deployer"
@@ -59,6 +58,11 @@ def write_airflow_config(home: Path, api_url: str, api_port: int, passwords_file
     }
     config["api_auth"] = {"jwt_secret": secrets.token_urlsafe(32)}
     config["logging"] = {"base_log_folder": str(home / "logs")}
+    # A task's supervisor notices its process exited only at its next wake-up, up to this many seconds
+    # later (default 5); only then does the executor report the try. When a wait defers and its trigger
+    # fires first, Airflow 3.3.2 fails the resumed try on that late report (apache/airflow#67287,
+    # #72716): with the stand-in's timing the demo's waits defer for a few seconds, so wake up often.
+    config["workers"] = {"min_heartbeat_interval": "1"}
     path = home / "airflow.cfg"
     lines: list[str] = []
     for section in config.sections():
@@ -158,6 +162,8 @@ def wait_until_ready(state: StackState, api: AirflowApi, timeout: float) -> None
 # step of a swap takes about 3 s: long enough to see both fleets serve and the old one drain, short
 # enough for a demo of two deploys.
 DEFAULT_TIME_SCALE = 0.3
+# The stand-in's control API (immudeploy_dev.standin.control; not imported here: the package loads moto).
+STANDIN_HEALTH_PATH = "/_standin/health"
 STANDIN_BOOT_SECONDS = 10.0
 STANDIN_GROUP_DELETE_SECONDS = 10.0
 # A drain ends once the old targets' in-flight requests are done: after 40 % of the delay (12 s of 30 s).
@@ -184,19 +190,21 @@ def standin_command(port: int, time_scale: float) -> list[str]:
 
 
 def describe_timing(time_scale: float | None) -> str:
-    """What the time scale means for the demo, in wall-clock seconds."""
+    """Which AWS stand-in runs and at what pace, in wall-clock seconds for the demo."""
     if time_scale is None:
         return "plain moto: every change at once"
     if time_scale == 0:
-        return "time scale 0: AWS's order of events, no waiting"
+        return "the stand-in at time scale 0: AWS's order of events, no waiting"
     health = HEALTH_CHECK_INTERVAL_SECONDS * HEALTHY_THRESHOLD * time_scale
+    boot = STANDIN_BOOT_SECONDS * time_scale
     drain = DEREGISTRATION_DELAY_SECONDS * STANDIN_DRAIN_FRACTION * time_scale
+    delay = DEREGISTRATION_DELAY_SECONDS * time_scale
     return (
-        f"time scale {time_scale:g}: health checks {health:.1f} s, boot {STANDIN_BOOT_SECONDS * time_scale:.1f} s, "
-        f"drains {drain:.1f} s of a {DEREGISTRATION_DELAY_SECONDS * time_scale:.1f} s delay"
+        f"the stand-in at time scale {time_scale:g}: health checks {health:.1f} s, boot {boot:.1f} s, "
+        f"drains {drain:.1f} s of a {delay:.1f} s deregistration delay"
     )
 
 
 def standin_answers(aws_url: str) -> bool | None:
-    response = requests.get(f"{aws_url}{CONTROL_PREFIX}health", timeout=5)
+    response = requests.get(f"{aws_url}{STANDIN_HEALTH_PATH}", timeout=5)
     return True if response.ok else None

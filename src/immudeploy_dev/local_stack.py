@@ -1,27 +1,34 @@
-"""immudeploy-local: a moto server and Airflow's components on loopback, and a real deploy through the REST API.
+"""immudeploy-local: an AWS stand-in and Airflow's components on loopback, real deploys over REST.
 
-`up` starts a moto server (the AWS stand-in) and Airflow's api-server, scheduler, dag-processor and
-triggerer as separate processes, each in its own session, under a state directory (default `.local/`
-in the repository). It seeds a demo network, deploys version 1.0.0 (the live fleet, baked by real
-Packer) and then 2.0.0 through the REST API, printing every task's state change. `down` stops exactly
-the processes `up` started; `status` says what runs and where.
+`up` starts the AWS stand-in (`python -m immudeploy_dev.standin`: moto with AWS's timing, so targets
+turn healthy after their health checks, detached ones drain and instances boot) and Airflow's
+api-server, scheduler, dag-processor and triggerer as separate processes, each in its own session,
+under a state directory (default `.local/` in the repository). It seeds a demo network, deploys
+version 1.0.0 (the live fleet, baked by real Packer) and then 2.0.0 through the REST API, printing
+every task's state change and, whenever it changes, which server groups stand behind the live target
+group in which target states. `--time-scale` sets the stand-in's pace (0: AWS's order of events with
+no waiting). `down` stops exactly the processes `up` started; `status` says what runs and where.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
+import math
 import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, TextIO, cast
 
 import requests
 
@@ -29,13 +36,23 @@ from immudeploy.core.config import REPO_ROOT
 from immudeploy_ci.api import DEPLOY_DAG_ID, EXIT_SUCCESS, AirflowApi, CiError, Credentials
 from immudeploy_ci.client import run_and_follow
 from immudeploy_dev.components import (
+    DEFAULT_TIME_SCALE,
     DEPLOYER,
     REGION,
     VIEWER,
     api_health,
     component_environment,
+    describe_timing,
+    standin_answers,
+    standin_command,
     wait_until_ready,
     write_airflow_config,
+)
+from immudeploy_dev.demo import (
+    DemoEnvironment,
+    describe_composition,
+    live_target_group_name,
+    target_group_composition,
 )
 from immudeploy_dev.processes import (
     STOP_GRACE_SECONDS,
@@ -64,6 +81,9 @@ CI_CREDENTIALS_FILE = "ci-credentials.json"
 START_TIMEOUT = 240.0
 MIGRATE_TIMEOUT = 300.0
 DEPLOY_TIMEOUT = 900.0
+# How often the live target group is looked at during a deploy: shorter than any step at the default scale.
+COMPOSITION_INTERVAL = 0.5
+LIVE_TARGET_GROUP = live_target_group_name(APP, ENVIRONMENT)
 
 
 @dataclass
@@ -74,27 +94,128 @@ class _Clients:
     ssm: Any
 
 
-def moto_clients(moto_url: str) -> _Clients:
+def aws_clients(aws_url: str) -> _Clients:
     import boto3
+    from botocore.config import Config
+
+    # A local endpoint answers in milliseconds: a stuck call should fail soon, not after boto3's 60 s.
+    config = Config(connect_timeout=5, read_timeout=30)
 
     def client(service: str) -> Any:
         return boto3.client(
             service,
-            endpoint_url=moto_url,
+            endpoint_url=aws_url,
             region_name=REGION,
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
+            config=config,
         )
 
     return _Clients(client("ec2"), client("autoscaling"), client("elbv2"), client("ssm"))
 
 
-def live_groups(moto_url: str) -> list[str]:
-    """Server groups of the demo app in moto, by name."""
-    groups = moto_clients(moto_url).autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
+def live_groups(aws_url: str) -> list[str]:
+    """Server groups of the demo app, by name."""
+    groups = aws_clients(aws_url).autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
     return sorted(
         g["AutoScalingGroupName"] for g in groups if g["AutoScalingGroupName"].startswith(f"{APP}-")
     )
+
+
+def live_composition(clients: _Clients) -> str:
+    arn = clients.elbv2.describe_target_groups(Names=[LIVE_TARGET_GROUP])["TargetGroups"][0]["TargetGroupArn"]
+    return describe_composition(target_group_composition(clients, arn))
+
+
+# --- what happens behind the load balancer during a deploy -----------------------------------------------
+
+
+class WholeLines(io.TextIOBase):
+    """A stream several threads print to: each complete line goes out in one piece.
+
+    print() writes the text and the newline in two calls, so another thread's line could land between
+    them; here each thread's text is held until its newline and written under a lock.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._pending = threading.local()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        held: str = getattr(self._pending, "text", "") + text
+        lines, newline, rest = held.rpartition("\n")
+        self._pending.text = rest
+        if newline:
+            with self._lock:
+                self._stream.write(lines + newline)
+                self._stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        held: str = getattr(self._pending, "text", "")
+        self._pending.text = ""
+        with self._lock:
+            self._stream.write(held)
+            self._stream.flush()
+
+
+class CompositionWatcher(threading.Thread):
+    """Prints `  <target group>: <group> <n> <state>, ... | ...` whenever the target group's targets
+    change, while its `with` block runs (one last look as it ends), for at most `limit` seconds."""
+
+    def __init__(
+        self,
+        clients: _Clients,
+        target_group_arn: str,
+        label: str,
+        out: TextIO,
+        *,
+        interval: float = COMPOSITION_INTERVAL,
+        limit: float = DEPLOY_TIMEOUT,
+    ) -> None:
+        super().__init__(name=f"watch {label}", daemon=True)
+        self.clients = clients
+        self.target_group_arn = target_group_arn
+        self.label = label
+        self.out = out
+        self.interval = interval
+        self.limit = limit
+        self.halt = threading.Event()
+        self.last: str | None = None
+
+    def look(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            now = describe_composition(target_group_composition(self.clients, self.target_group_arn))
+        except (BotoCoreError, ClientError):
+            return  # a failed look shows nothing new; the deploy's own output reports AWS errors
+        if now != self.last:
+            self.last = now
+            self.out.write(f"  {self.label}: {now}\n")
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.limit
+        while not self.halt.is_set() and time.monotonic() < deadline:
+            self.look()
+            self.halt.wait(self.interval)
+
+    def __enter__(self) -> CompositionWatcher:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.halt.set()
+        self.join(timeout=60)
+        if not self.is_alive():
+            self.look()  # what the run left behind
 
 
 # --- commands --------------------------------------------------------------------------------------------
@@ -109,7 +230,7 @@ def print_access(state: StackState) -> None:
     say(f"UI:       {state.api_url}/dags/{DEPLOY_DAG_ID}")
     say(f"login:    user {DEPLOYER}, password in {state_dir / PASSWORDS_FILE} (key {DEPLOYER!r})")
     say(f"          read-only user {VIEWER} in the same file")
-    say(f"moto:     {state.moto_url}")
+    say(f"AWS:      {state.aws_url} ({describe_timing(state.time_scale)})")
     say(f"logs:     {state_dir / 'logs'}")
     say(
         f"CI:       immudeploy-ci deploy --app {APP} --environment {ENVIRONMENT} --version 3.0.0 "
@@ -138,16 +259,22 @@ def _running(state_dir: Path) -> StackState | None:
     return None
 
 
-def _deploy(api: AirflowApi, version: str, timeout: float) -> tuple[int, dict[str, Any]]:
+def _deploy(
+    api: AirflowApi, clients: _Clients, network: DemoEnvironment, version: str, timeout: float
+) -> tuple[int, dict[str, Any]]:
     say(f"\n== deploy {APP}/{ENVIRONMENT} {version} through the REST API")
-    return run_and_follow(
-        api,
-        DEPLOY_DAG_ID,
-        {"app": APP, "environment": ENVIRONMENT, "version": version},
-        timeout=timeout,
-        poll_interval=1.0,
-        note=f"immudeploy-local up: {version}",
-    )
+    say(f"   ({LIVE_TARGET_GROUP}: the live target group's targets by server group, whenever they change)")
+    out = cast(TextIO, WholeLines(sys.stdout))
+    with CompositionWatcher(clients, network.target_group_arn, LIVE_TARGET_GROUP, out, limit=timeout + 60):
+        return run_and_follow(
+            api,
+            DEPLOY_DAG_ID,
+            {"app": APP, "environment": ENVIRONMENT, "version": version},
+            timeout=timeout,
+            poll_interval=1.0,
+            out=out,
+            note=f"immudeploy-local up: {version}",
+        )
 
 
 def print_change(summary: dict[str, Any]) -> None:
@@ -161,26 +288,28 @@ def print_change(summary: dict[str, Any]) -> None:
         say(f"deleted:      {', '.join(summary['deleted_groups'])}")
 
 
-def start_stack(state_dir: Path, timeout: float) -> StackState:
-    """Starts moto and Airflow, waits until the deploy DAG is parsed; on any failure stops what it started."""
+def start_stack(state_dir: Path, timeout: float, time_scale: float) -> StackState:
+    """Starts the AWS stand-in and Airflow, waits until the deploy DAG is parsed; on any failure stops
+    what it started."""
     state_dir.mkdir(parents=True, exist_ok=True)
     home = state_dir / "airflow"
     log_dir = state_dir / "logs"
-    # A fresh stack: moto's state is gone, so the old run history would only mislead.
+    # A fresh stack: the stand-in's state is gone, so the old run history would only mislead.
     for stale in (home, log_dir):
         shutil.rmtree(stale, ignore_errors=True)
     home.mkdir()
     log_dir.mkdir()
-    moto_port, api_port = free_port(), free_port()
-    while api_port == moto_port:
+    aws_port, api_port = free_port(), free_port()
+    while api_port == aws_port:
         api_port = free_port()
     state = StackState(
         stack_id=f"{state_dir}#{uuid.uuid4().hex[:12]}",
         state_dir=str(state_dir),
         airflow_home=str(home),
-        moto_url=f"http://127.0.0.1:{moto_port}",
+        aws_url=f"http://127.0.0.1:{aws_port}",
         api_url=f"http://127.0.0.1:{api_port}",
         started_at=time.time(),
+        time_scale=time_scale,
     )
     state.save()
     try:
@@ -195,24 +324,18 @@ def start_stack(state_dir: Path, timeout: float) -> StackState:
             + "\n",
         )
         write_airflow_config(home, state.api_url, api_port, passwords_file)
-        env = component_environment(home, state.moto_url, state.stack_id)
+        env = component_environment(home, state.aws_url, state.stack_id)
         bin_dir = Path(sys.executable).parent
 
-        say(f"starting moto on {state.moto_url}")
-        moto = start_process(
-            state,
-            "moto",
-            [str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
-            env,
-            log_dir,
-        )
+        say(f"starting the AWS stand-in on {state.aws_url}: {describe_timing(time_scale)}")
+        standin = start_process(state, "standin", standin_command(aws_port, time_scale), env, log_dir)
 
-        def moto_answers() -> bool | None:
-            if not _alive(moto):
-                raise StackError(f"moto exited:\n{log_tail(moto.log)}")
-            return requests.get(f"{state.moto_url}/moto-api/data.json", timeout=5).ok or None
+        def standin_ready() -> bool | None:
+            if not _alive(standin):
+                raise StackError(f"the AWS stand-in exited:\n{log_tail(standin.log)}")
+            return standin_answers(state.aws_url)
 
-        wait_for("the moto server", moto_answers, timeout, interval=0.3)
+        wait_for("the AWS stand-in", standin_ready, timeout, interval=0.3)
 
         say(f"airflow db migrate (AIRFLOW_HOME={home})")
         started = time.monotonic()
@@ -268,28 +391,33 @@ def cmd_up(args: argparse.Namespace) -> int:
         running = _running(state_dir)
         if running is not None:
             say(f"the stack in {state_dir} is already up (started {time.ctime(running.started_at)})")
+            if args.time_scale is not None and args.time_scale != running.time_scale:
+                say(f"  --time-scale {args.time_scale:g} ignored: `down` first to start it at another pace")
             print_access(running)
             return EXIT_SUCCESS
-        state = start_stack(state_dir, args.timeout)
+        time_scale = DEFAULT_TIME_SCALE if args.time_scale is None else args.time_scale
+        state = start_stack(state_dir, args.timeout, time_scale)
     say(f"stack ready after {time.monotonic() - clock:.0f} s")
 
     from immudeploy_dev.demo import seed_demo_network
 
-    network = seed_demo_network(moto_clients(state.moto_url), APP, ENVIRONMENT)
+    clients = aws_clients(state.aws_url)
+    network = seed_demo_network(clients, APP, ENVIRONMENT)
     say(
-        f"seeded the demo network in moto: VPC {network.vpc_id}, load balancer {network.load_balancer_dns_name}"
+        f"seeded the demo network in the stand-in: VPC {network.vpc_id}, "
+        f"load balancer {network.load_balancer_dns_name}"
     )
     api = AirflowApi(_credentials(state))
     try:
         # The live fleet comes from a real deploy (bake with Packer, staging, swap): a rollback
         # later finds a kept group and a baked image of 1.0.0.
-        if not live_groups(state.moto_url):
-            code, _ = _deploy(api, LIVE_VERSION, args.deploy_timeout)
+        if not live_groups(state.aws_url):
+            code, _ = _deploy(api, clients, network, LIVE_VERSION, args.deploy_timeout)
             if code != EXIT_SUCCESS:
                 say(f"\nthe {LIVE_VERSION} deploy failed; the stack stays up for a look:")
                 print_access(state)
                 return code
-        code, summary = _deploy(api, args.version, args.deploy_timeout)
+        code, summary = _deploy(api, clients, network, args.version, args.deploy_timeout)
     except CiError as error:
         say(f"\nimmudeploy-local: {error}")
         print_access(state)
@@ -336,10 +464,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     except requests.RequestException as error:
         say(f"health:        the API does not answer ({error})")
+    say(f"AWS timing:    {describe_timing(state.time_scale)}")
     with contextlib.suppress(Exception):
-        say(f"server groups: {', '.join(live_groups(state.moto_url)) or 'none'}")
+        say(f"server groups: {', '.join(live_groups(state.aws_url)) or 'none'}")
+        say(f"{LIVE_TARGET_GROUP}: {live_composition(aws_clients(state.aws_url))}")
     print_access(state)
     return EXIT_SUCCESS if len(alive) == len(state.processes) else 1
+
+
+def _time_scale(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"a time scale is a number >= 0, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -357,6 +494,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--version",
         default=NEW_VERSION,
         help=f"version to deploy over {LIVE_VERSION} (default {NEW_VERSION})",
+    )
+    up.add_argument(
+        "--time-scale",
+        type=_time_scale,
+        default=None,
+        help=f"multiplies every AWS duration of the stand-in (default {DEFAULT_TIME_SCALE}: "
+        f"{describe_timing(DEFAULT_TIME_SCALE).split(': ', 1)[1]}); "
+        "0: AWS's order of events with no waiting; a stack already up keeps its own",
     )
     up.add_argument("--timeout", type=float, default=START_TIMEOUT, help="seconds for each start-up wait")
     up.add_argument("--deploy-timeout", type=float, default=DEPLOY_TIMEOUT, help="seconds for each deploy")

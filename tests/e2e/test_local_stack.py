@@ -1,5 +1,7 @@
-"""The local stack end to end: `immudeploy-local up` (real components, a real deploy over REST), the REST
-API's refusals, `immudeploy-ci` against it, and `down` leaving no process behind."""
+"""The local stack end to end: `immudeploy-local up` (real components, real deploys over REST, AWS the
+stand-in with its default timing, so the triggerer really defers the health gate and the drain), what
+its output shows behind the load balancer, the REST API's refusals, `immudeploy-ci` against it, the
+live target group's capacity during a deploy, and `down` leaving no process behind."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,12 +20,20 @@ from typing import Any
 import pytest
 import requests
 
+from immudeploy_dev.components import DEFAULT_TIME_SCALE
+
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 DAG_RUNS = "/api/v2/dags/immutable_deploy/dagRuns"
 UP_TIMEOUT = 900
 CI_TIMEOUT = 600
+LIVE_TARGET_GROUP = "shop-prod-live"
+# `up` prints the live target group's composition whenever it changes, e.g.
+# `  shop-prod-live: shop-prod-v001 2 draining | shop-prod-v002 1 initial, 1 healthy`.
+COMPOSITION_PREFIX = f"  {LIVE_TARGET_GROUP}: "
+# The first deploy's size (config/deployments.yaml, first_deploy_capacity); later deploys keep it.
+FLEET_SIZE = 2
 
 
 @dataclass
@@ -32,8 +43,20 @@ class RunningStack:
     up_output: str
     up_seconds: float
     api_url: str
-    moto_url: str
+    aws_url: str
     passwords: dict[str, str]
+
+    def aws(self, service: str) -> Any:
+        """A boto3 client of the stack's AWS stand-in, as a user of the demo would make one."""
+        import boto3
+
+        return boto3.client(
+            service,
+            endpoint_url=self.aws_url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def token(self, user: str) -> str:
         response = requests.post(
@@ -95,7 +118,7 @@ def stack_processes(state_dir: Path, recorded: list[dict[str, Any]]) -> list[str
     session, and anything carrying the stack's marker variable."""
     import psutil
 
-    from immudeploy_dev.local_stack import MARKER_VARIABLE
+    from immudeploy_dev.processes import MARKER_VARIABLE
 
     alive = []
     sessions = set()
@@ -173,7 +196,7 @@ def local_stack(
         up_output=output,
         up_seconds=seconds,
         api_url=state["api_url"],
-        moto_url=state["moto_url"],
+        aws_url=state["aws_url"],
         passwords=json.loads((state_dir / "passwords.json").read_text()),
     )
     yield _STACK
@@ -193,6 +216,51 @@ def test_up_deploys_v2_over_the_rest_api(local_stack: RunningStack) -> None:
     print(f"up took {local_stack.up_seconds:.0f} s")
 
 
+def parse_composition(text: str) -> dict[str, dict[str, int]]:
+    """`shop-prod-v001 2 draining | shop-prod-v002 1 initial, 1 healthy` -> {group: {state: count}}."""
+    if text == "no targets":
+        return {}
+    groups: dict[str, dict[str, int]] = {}
+    for part in text.split(" | "):
+        group, _, counts = part.partition(" ")
+        groups[group] = {state: int(n) for n, state in (count.split(" ", 1) for count in counts.split(", "))}
+    return groups
+
+
+def compositions(output: str, version: str) -> list[dict[str, dict[str, int]]]:
+    """The live target group as `up` showed it during its deploy of `version`, oldest first."""
+    section = output.split(f"== deploy shop/prod {version} through the REST API", 1)[1].split("\n== ", 1)[0]
+    return [
+        parse_composition(line[len(COMPOSITION_PREFIX) :])
+        for line in section.splitlines()
+        if line.startswith(COMPOSITION_PREFIX)
+    ]
+
+
+def test_up_shows_both_fleets_serving_then_the_old_one_draining(local_stack: RunningStack) -> None:
+    """What a user watching `up` sees behind the load balancer during the 2.0.0 deploy."""
+    moments = compositions(local_stack.up_output, "2.0.0")
+    shown = "\n".join(map(str, moments))
+    old, new = "shop-prod-v001", "shop-prod-v002"
+    full = {"healthy": FLEET_SIZE}
+    assert moments and moments[0] == {old: full}, shown
+    # The new targets came up through `initial` while the old ones served: the health gate waited.
+    assert any(m.get(old) == full and "initial" in m.get(new, {}) for m in moments), shown
+    both = [
+        i for i, m in enumerate(moments) if m.get(old, {}).get("healthy") and m.get(new, {}).get("healthy")
+    ]
+    draining = [i for i, m in enumerate(moments) if m.get(old, {}).get("draining") and m.get(new) == full]
+    assert both, f"never both versions healthy at once:\n{shown}"
+    assert draining, f"never the old group draining behind a healthy new one:\n{shown}"
+    assert both[0] < draining[-1], shown
+    # At every moment of the swap, at least the live fleet's size in healthy targets.
+    assert all(sum(c.get("healthy", 0) for c in m.values()) >= FLEET_SIZE for m in moments), shown
+    assert moments[-1] == {new: full}, shown
+    # The deploy of 1.0.0 had no fleet to drain: its targets only went from `initial` to `healthy`.
+    first = compositions(local_stack.up_output, "1.0.0")
+    assert first[0] == {} and first[-1] == {old: full}, first
+
+
 def test_up_again_reuses_the_running_stack(local_stack: RunningStack) -> None:
     before = json.loads((local_stack.state_dir / "stack.json").read_text())
     result = local(local_stack.state_dir, "up", timeout=60)
@@ -202,6 +270,8 @@ def test_up_again_reuses_the_running_stack(local_stack: RunningStack) -> None:
     status = local(local_stack.state_dir, "status", timeout=60)
     assert status.returncode == 0, status.stdout
     assert "scheduler healthy" in status.stdout and "shop-prod-v002" in status.stdout
+    assert f"AWS timing:    the stand-in at time scale {DEFAULT_TIME_SCALE:g}" in status.stdout
+    assert f"{LIVE_TARGET_GROUP}: shop-prod-v002 {FLEET_SIZE} healthy" in status.stdout
 
 
 def test_invalid_conf_gets_400_naming_the_field_and_no_run(local_stack: RunningStack) -> None:
@@ -268,6 +338,17 @@ def test_ci_client_rolls_back_to_the_kept_group(local_stack: RunningStack) -> No
     assert "now runs 2.0.0" in output and "shop-prod-v002" in output
 
 
+def _trigger(stack: RunningStack, dag_id: str, conf: dict[str, Any]) -> str:
+    response = requests.post(
+        f"{stack.api_url}/api/v2/dags/{dag_id}/dagRuns",
+        json={"logical_date": None, "conf": conf},
+        headers=stack.headers(),
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["dag_run_id"])
+
+
 def _wait_for_run(
     stack: RunningStack, dag_id: str, run_id: str, timeout: float = CI_TIMEOUT
 ) -> dict[str, Any]:
@@ -289,14 +370,8 @@ def _wait_for_run(
 def test_nightly_rebuild_triggers_a_deploy_of_the_live_version(local_stack: RunningStack) -> None:
     """Through the real scheduler and triggerer: the nightly DAG triggers immutable_deploy and waits for it."""
     started = time.monotonic()
-    response = requests.post(
-        f"{local_stack.api_url}/api/v2/dags/immutable_nightly_rebuild/dagRuns",
-        json={"logical_date": None, "conf": {"targets": ["shop/prod"]}},
-        headers=local_stack.headers(),
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
-    nightly = _wait_for_run(local_stack, "immutable_nightly_rebuild", response.json()["dag_run_id"])
+    run_id = _trigger(local_stack, "immutable_nightly_rebuild", {"targets": ["shop/prod"]})
+    nightly = _wait_for_run(local_stack, "immutable_nightly_rebuild", run_id)
     print(f"\nnightly rebuild finished {nightly['state']} in {time.monotonic() - started:.0f} s")
     assert nightly["state"] == "success"
 
@@ -310,3 +385,79 @@ def test_nightly_rebuild_triggers_a_deploy_of_the_live_version(local_stack: Runn
     # The live version after the rollback test is 2.0.0: the nightly run redeployed exactly that.
     assert triggered["conf"] == {"app": "shop", "environment": "prod", "version": "2.0.0"}
     assert triggered["state"] == "success"
+
+
+class TargetSampler(threading.Thread):
+    """Looks at a target group every `interval` seconds until stopped: the fewest healthy targets seen,
+    every state seen, and each look (seconds, healthy count, states) for the failure message."""
+
+    def __init__(self, elbv2: Any, target_group_arn: str, interval: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.elbv2 = elbv2
+        self.arn = target_group_arn
+        self.interval = interval
+        self.halt = threading.Event()
+        self.looks: list[tuple[float, int, list[str]]] = []
+        self.states_seen: set[str] = set()
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        started = time.monotonic()
+        while not self.halt.is_set():
+            try:
+                found = self.elbv2.describe_target_health(TargetGroupArn=self.arn)["TargetHealthDescriptions"]
+            except Exception as error:  # the test fails on it: a sampler that stopped proves nothing
+                self.error = error
+                return
+            states = sorted(d["TargetHealth"]["State"] for d in found)
+            self.looks.append((time.monotonic() - started, states.count("healthy"), states))
+            self.states_seen |= set(states)
+            self.halt.wait(self.interval)
+
+    @property
+    def lowest(self) -> int | None:
+        return min((healthy for _, healthy, _ in self.looks), default=None)
+
+    def __enter__(self) -> TargetSampler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.halt.set()
+        self.join(timeout=30)
+
+
+def test_a_deploy_over_rest_never_has_fewer_healthy_targets_than_the_live_fleet(
+    local_stack: RunningStack,
+) -> None:
+    """Sampled from outside, during a deploy the real scheduler and triggerer run: new targets come
+    up through `initial`, old ones leave through `draining`, and capacity never drops meanwhile."""
+    elbv2, autoscaling = local_stack.aws("elbv2"), local_stack.aws("autoscaling")
+    arn = elbv2.describe_target_groups(Names=[LIVE_TARGET_GROUP])["TargetGroups"][0]["TargetGroupArn"]
+    live = [
+        g
+        for g in autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
+        if arn in g["TargetGroupARNs"]
+    ]
+    assert len(live) == 1, live
+    size, old_ids = live[0]["DesiredCapacity"], {i["InstanceId"] for i in live[0]["Instances"]}
+    started = time.monotonic()
+    with TargetSampler(elbv2, arn) as sampler:
+        run_id = _trigger(
+            local_stack, "immutable_deploy", {"app": "shop", "environment": "prod", "version": "4.0.0"}
+        )
+        run = _wait_for_run(local_stack, "immutable_deploy", run_id)
+    print(
+        f"\ndeploy of 4.0.0 {run['state']} in {time.monotonic() - started:.0f} s: "
+        f"{len(sampler.looks)} looks, fewest healthy {sampler.lowest} (fleet of {size}), "
+        f"states {sorted(sampler.states_seen)}"
+    )
+    assert run["state"] == "success", run
+    assert sampler.error is None and len(sampler.looks) > 50
+    assert sampler.lowest is not None and sampler.lowest >= size, [
+        look for look in sampler.looks if look[1] < size
+    ][:5]
+    assert {"initial", "draining"} <= sampler.states_seen, sampler.states_seen
+    found = elbv2.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]
+    serving = {d["Target"]["Id"] for d in found if d["TargetHealth"]["State"] == "healthy"}
+    assert len(serving) == size == len(found) and not serving & old_ids
