@@ -1,18 +1,8 @@
 """Airflow's REST API as the CI client uses it: credentials, a token, the five calls it makes.
 
-immudeploy-ci: trigger a deploy or rollback from CI, follow it task by task, exit with its outcome.
-
-A tiny client over plain HTTP (`requests`) rather than apache-airflow-client: it needs five REST
-calls, and the generated client pins its own dependency versions and lags the server's API.
-
-Exit codes: 0 the run succeeded; 1 it failed (the failed tasks and the tail of their logs are
-printed); 2 the request was refused (bad arguments or credentials setup, a conf Airflow rejects
-with 400, a paused or missing DAG); 3 the run did not finish within --timeout (it goes on in
-Airflow); 4 Airflow could not be reached or refused the credentials.
-
-Credentials never come from a flag (flags end up in CI logs and process lists): from the
-environment (IMMUDEPLOY_AIRFLOW_URL, IMMUDEPLOY_AIRFLOW_USERNAME and IMMUDEPLOY_AIRFLOW_PASSWORD,
-or IMMUDEPLOY_AIRFLOW_TOKEN) or from --credentials-file, a JSON or INI file readable by its owner only.
+Plain HTTP (`requests`) rather than apache-airflow-client: five REST calls, and the generated client
+pins its own dependency versions and lags the server's API. Credentials never come from a flag
+(flags end up in CI logs and process lists): from the environment or a file readable by its owner.
 """
 
 from __future__ import annotations
