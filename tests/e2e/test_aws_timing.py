@@ -12,7 +12,7 @@ import pytest
 import yaml
 from fleet_fixtures import APP, BASE_IMAGE, ENVIRONMENT
 
-from e2e.test_deploy_dag import REPO, load_dag, task_states
+from e2e.test_deploy_dag import REPO, load_dag, orphan_instances, task_states
 from immudeploy.core.naming import TAG_APP, TAG_ENVIRONMENT, TAG_VERSION, as_aws_tags
 from immudeploy.core.plan import Capacity
 from immudeploy_dev.demo import seed_live_fleet
@@ -87,22 +87,6 @@ def wait_healthy(clients: Any, target_group_arn: str, count: int, timeout: float
     while len(healthy_ids(clients, target_group_arn)) < count:
         assert time.monotonic() < deadline, f"{count} healthy targets never showed up"
         time.sleep(0.05)
-
-
-def orphan_instances(clients: Any) -> set[str]:
-    """Running instances of the app that belong to no Auto Scaling group (staging included)."""
-    in_groups = {
-        i["InstanceId"]
-        for g in clients.autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
-        for i in g["Instances"]
-    }
-    reservations = clients.ec2.describe_instances(
-        Filters=[
-            {"Name": f"tag:{TAG_APP}", "Values": [APP]},
-            {"Name": "instance-state-name", "Values": ["pending", "running"]},
-        ]
-    )["Reservations"]
-    return {i["InstanceId"] for r in reservations for i in r["Instances"]} - in_groups
 
 
 def group_names(clients: Any) -> set[str]:

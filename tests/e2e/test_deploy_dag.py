@@ -9,7 +9,7 @@ import pytest
 import yaml
 from fleet_fixtures import APP, ENVIRONMENT
 
-from immudeploy.core.naming import from_aws_tags
+from immudeploy.core.naming import TAG_APP, from_aws_tags
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,6 +44,22 @@ def run_dag(dag_id: str, **conf: Any) -> Any:
 def deployed(version: str) -> None:
     run = run_dag("immutable_deploy", version=version)
     assert str(run.state) == "success", task_states(run)
+
+
+def orphan_instances(clients: Any) -> set[str]:
+    """Running instances of the app that belong to no Auto Scaling group (staging included)."""
+    in_groups = {
+        i["InstanceId"]
+        for g in clients.autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
+        for i in g["Instances"]
+    }
+    reservations = clients.ec2.describe_instances(
+        Filters=[
+            {"Name": f"tag:{TAG_APP}", "Values": [APP]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ]
+    )["Reservations"]
+    return {i["InstanceId"] for r in reservations for i in r["Instances"]} - in_groups
 
 
 def task_states(run: Any) -> dict[str, str]:
@@ -308,6 +324,7 @@ def test_rollback_swaps_back_to_the_kept_group_and_retires_the_bad_one(
     assert group_names(fleet_clients) == {"shop-prod-v001"}
     assert group_instances(fleet_clients, "shop-prod-v001") == kept  # the same servers: an instant swap
     assert registered_targets(fleet_clients, demo_network.target_group_arn) == kept
+    assert orphan_instances(fleet_clients) == set()
 
 
 def test_rollback_without_a_kept_group_redeploys_the_previous_image_without_rebaking(
@@ -340,6 +357,9 @@ def test_rollback_without_a_kept_group_redeploys_the_previous_image_without_reba
     assert registered_targets(fleet_clients, demo_network.target_group_arn) == group_instances(
         fleet_clients, "shop-prod-v003"
     )
+    # Nothing of the app runs outside a server group: staging and retired fleets are gone with
+    # their instances (the stand-in terminates protected instances on a force delete, as AWS does).
+    assert orphan_instances(fleet_clients) == set()
 
 
 def test_bad_conf_is_refused_before_anything_changes(
