@@ -14,20 +14,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import math
 import secrets
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TextIO, cast
 
 import requests
@@ -38,7 +34,6 @@ from immudeploy_ci.client import run_and_follow
 from immudeploy_dev.components import (
     DEFAULT_TIME_SCALE,
     DEPLOYER,
-    REGION,
     VIEWER,
     api_health,
     component_environment,
@@ -50,9 +45,6 @@ from immudeploy_dev.components import (
 )
 from immudeploy_dev.demo import (
     DemoEnvironment,
-    describe_composition,
-    live_target_group_name,
-    target_group_composition,
 )
 from immudeploy_dev.processes import (
     STOP_GRACE_SECONDS,
@@ -67,9 +59,19 @@ from immudeploy_dev.processes import (
     wait_for,
     write_private,
 )
+from immudeploy_dev.watch import (
+    APP,
+    DEPLOY_TIMEOUT,
+    ENVIRONMENT,
+    LIVE_TARGET_GROUP,
+    CompositionWatcher,
+    StackClients,
+    WholeLines,
+    aws_clients,
+    live_composition,
+    live_groups,
+)
 
-APP = "shop"
-ENVIRONMENT = "prod"
 LIVE_VERSION = "1.0.0"
 NEW_VERSION = "2.0.0"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -80,145 +82,7 @@ CI_CREDENTIALS_FILE = "ci-credentials.json"
 
 START_TIMEOUT = 240.0
 MIGRATE_TIMEOUT = 300.0
-DEPLOY_TIMEOUT = 900.0
 # How often the live target group is looked at during a deploy: shorter than any step at the default scale.
-COMPOSITION_INTERVAL = 0.5
-LIVE_TARGET_GROUP = live_target_group_name(APP, ENVIRONMENT)
-
-
-@dataclass
-class _Clients:
-    ec2: Any
-    autoscaling: Any
-    elbv2: Any
-    ssm: Any
-
-
-def aws_clients(aws_url: str) -> _Clients:
-    import boto3
-    from botocore.config import Config
-
-    # A local endpoint answers in milliseconds: a stuck call should fail soon, not after boto3's 60 s.
-    config = Config(connect_timeout=5, read_timeout=30)
-
-    def client(service: str) -> Any:
-        return boto3.client(
-            service,
-            endpoint_url=aws_url,
-            region_name=REGION,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            config=config,
-        )
-
-    return _Clients(client("ec2"), client("autoscaling"), client("elbv2"), client("ssm"))
-
-
-def live_groups(aws_url: str) -> list[str]:
-    """Server groups of the demo app, by name."""
-    groups = aws_clients(aws_url).autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
-    return sorted(
-        g["AutoScalingGroupName"] for g in groups if g["AutoScalingGroupName"].startswith(f"{APP}-")
-    )
-
-
-def live_composition(clients: _Clients) -> str:
-    arn = clients.elbv2.describe_target_groups(Names=[LIVE_TARGET_GROUP])["TargetGroups"][0]["TargetGroupArn"]
-    return describe_composition(target_group_composition(clients, arn))
-
-
-# --- what happens behind the load balancer during a deploy -----------------------------------------------
-
-
-class WholeLines(io.TextIOBase):
-    """A stream several threads print to: each complete line goes out in one piece.
-
-    print() writes the text and the newline in two calls, so another thread's line could land between
-    them; here each thread's text is held until its newline and written under a lock.
-    """
-
-    def __init__(self, stream: TextIO) -> None:
-        super().__init__()
-        self._stream = stream
-        self._lock = threading.Lock()
-        self._pending = threading.local()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        held: str = getattr(self._pending, "text", "") + text
-        lines, newline, rest = held.rpartition("\n")
-        self._pending.text = rest
-        if newline:
-            with self._lock:
-                self._stream.write(lines + newline)
-                self._stream.flush()
-        return len(text)
-
-    def flush(self) -> None:
-        held: str = getattr(self._pending, "text", "")
-        self._pending.text = ""
-        with self._lock:
-            self._stream.write(held)
-            self._stream.flush()
-
-
-class CompositionWatcher(threading.Thread):
-    """Prints `  <target group>: <group> <n> <state>, ... | ...` whenever the target group's targets
-    change, while its `with` block runs (one last look as it ends), for at most `limit` seconds."""
-
-    def __init__(
-        self,
-        clients: _Clients,
-        target_group_arn: str,
-        label: str,
-        out: TextIO,
-        *,
-        interval: float = COMPOSITION_INTERVAL,
-        limit: float = DEPLOY_TIMEOUT,
-    ) -> None:
-        super().__init__(name=f"watch {label}", daemon=True)
-        self.clients = clients
-        self.target_group_arn = target_group_arn
-        self.label = label
-        self.out = out
-        self.interval = interval
-        self.limit = limit
-        self.halt = threading.Event()
-        self.last: str | None = None
-
-    def look(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            now = describe_composition(target_group_composition(self.clients, self.target_group_arn))
-        except (BotoCoreError, ClientError):
-            return  # a failed look shows nothing new; the deploy's own output reports AWS errors
-        if now != self.last:
-            self.last = now
-            self.out.write(f"  {self.label}: {now}\n")
-
-    def run(self) -> None:
-        deadline = time.monotonic() + self.limit
-        while not self.halt.is_set() and time.monotonic() < deadline:
-            self.look()
-            self.halt.wait(self.interval)
-
-    def __enter__(self) -> CompositionWatcher:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.halt.set()
-        self.join(timeout=60)
-        if not self.is_alive():
-            self.look()  # what the run left behind
-
-
-# --- commands --------------------------------------------------------------------------------------------
 
 
 def default_state_dir() -> Path:
@@ -260,7 +124,7 @@ def _running(state_dir: Path) -> StackState | None:
 
 
 def _deploy(
-    api: AirflowApi, clients: _Clients, network: DemoEnvironment, version: str, timeout: float
+    api: AirflowApi, clients: StackClients, network: DemoEnvironment, version: str, timeout: float
 ) -> tuple[int, dict[str, Any]]:
     say(f"\n== deploy {APP}/{ENVIRONMENT} {version} through the REST API")
     say(f"   ({LIVE_TARGET_GROUP}: the live target group's targets by server group, whenever they change)")
