@@ -461,3 +461,89 @@ def test_a_deploy_over_rest_never_has_fewer_healthy_targets_than_the_live_fleet(
     found = elbv2.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]
     serving = {d["Target"]["Id"] for d in found if d["TargetHealth"]["State"] == "healthy"}
     assert len(serving) == size == len(found) and not serving & old_ids
+
+
+def _task_state(stack: RunningStack, run_id: str, task_id: str) -> str | None:
+    response = requests.get(
+        f"{stack.api_url}/api/v2/dags/immutable_deploy/dagRuns/{run_id}/taskInstances/{task_id}",
+        headers=stack.headers(),
+        timeout=30,
+    )
+    response.raise_for_status()
+    state = response.json().get("state")
+    return str(state) if state else None
+
+
+def _until(what: str, check: Any, timeout: float = 300.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return found
+
+
+def test_a_run_marked_failed_mid_swap_through_the_rest_api_is_undone_and_capacity_never_drops(
+    local_stack: RunningStack,
+) -> None:
+    """An operator marks the run failed while both fleets are attached: undo (a teardown task) still
+    runs, puts the live group alone behind the load balancer and removes the new group; the lock is free."""
+    elbv2, autoscaling, ssm = local_stack.aws("elbv2"), local_stack.aws("autoscaling"), local_stack.aws("ssm")
+    arn = elbv2.describe_target_groups(Names=[LIVE_TARGET_GROUP])["TargetGroups"][0]["TargetGroupArn"]
+    (live,) = [
+        g
+        for g in autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
+        if arn in g["TargetGroupARNs"]
+    ]
+    size = live["DesiredCapacity"]
+    with TargetSampler(elbv2, arn) as sampler:
+        run_id = _trigger(
+            local_stack, "immutable_deploy", {"app": "shop", "environment": "prod", "version": "5.0.0"}
+        )
+        # Mid-swap: the new group is attached beside the live one, the health gate is waiting.
+        _until(
+            "the health gate",
+            lambda: (
+                _task_state(local_stack, run_id, "cutover.health_gate")
+                in ("deferred", "running", "scheduled")
+            ),
+        )
+        marked = requests.patch(
+            f"{local_stack.api_url}/api/v2/dags/immutable_deploy/dagRuns/{run_id}",
+            params={"update_mask": "state"},
+            json={"state": "failed"},
+            headers=local_stack.headers(),
+            timeout=30,
+        )
+        assert marked.status_code == 200, marked.text
+        undo = _until(
+            "undo_on_failure to finish",
+            lambda: (
+                (state := _task_state(local_stack, run_id, "undo_on_failure")) in ("success", "failed")
+                and state
+            ),
+        )
+        _until(
+            "the lock's release",
+            lambda: _task_state(local_stack, run_id, "release_lock") in ("success", "failed"),
+        )
+    assert undo == "success"
+
+    def groups_of(version: str) -> list[str]:
+        found = autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
+        return [
+            g["AutoScalingGroupName"]
+            for g in found
+            if {t["Key"]: t["Value"] for t in g["Tags"]}.get("immutable:version") == version
+        ]
+
+    attached = [
+        g["AutoScalingGroupName"]
+        for g in autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
+        if arn in g["TargetGroupARNs"]
+    ]
+    assert attached == [live["AutoScalingGroupName"]]
+    # The new group was force-deleted: AWS shows it `Delete in progress` for a while, then it is gone.
+    _until("the new group's deletion", lambda: not groups_of("5.0.0"), timeout=120)
+    with pytest.raises(ssm.exceptions.ParameterNotFound):
+        ssm.get_parameter(Name="/immutable/shop/prod/lock")
+    assert sampler.error is None and sampler.lowest is not None and sampler.lowest >= size, sampler.looks[:5]
