@@ -296,21 +296,25 @@ def undo_on_failure(step_task_ids: list[str]) -> list[str]:
     """Puts traffic back on the old group and removes what the run made, when one of the steps failed.
 
     A teardown (see `undo_phase`): it runs however the run ended, also when an operator marked the
-    run failed in the UI (which fails the running step and skips ordinary downstream tasks), and
-    decides from the steps' own states whether there is anything to undo.
+    run failed in the UI (which fails a running step, skips a deferred or scheduled one and skips
+    ordinary downstream tasks), and acts when a step failed or the run was marked failed.
     """
     from immudeploy.release.undo import undo_failed_run
 
     context = get_current_context()
     ti = context["ti"]
     run_id = context["run_id"]
-    states = ti.get_task_states(dag_id=context["dag"].dag_id, run_ids=[run_id]).get(run_id, {})
+    dag_id = context["dag"].dag_id
+    states = ti.get_task_states(dag_id=dag_id, run_ids=[run_id]).get(run_id, {})
     failed = sorted(
         task_id for task_id in step_task_ids if states.get(task_id) in ("failed", "upstream_failed")
     )
-    if not failed:
+    # Marked failed by an operator: a step that was deferred or scheduled then is skipped, not failed,
+    # but the run is failed already (a run that failed on its own is still running while undo runs).
+    marked_failed = ti.get_dr_count(dag_id=dag_id, run_ids=[run_id], states=["failed"]) > 0
+    if not failed and not marked_failed:
         return ["no step failed: nothing to undo"]
-    log.info("Undoing the run: failed steps %s", ", ".join(failed))
+    log.info("Undoing the run: %s", f"failed steps {', '.join(failed)}" if failed else "it was marked failed")
     plan = ti.xcom_pull(task_ids="prepare")
     if not plan:
         return ["the run failed before it changed anything"]
