@@ -27,6 +27,7 @@ class FleetClients:
     autoscaling: Any
     elbv2: Any
     ssm: Any
+    dynamodb: Any = None
 
 
 @pytest.fixture
@@ -36,6 +37,7 @@ def fleet_clients(aws: Any) -> FleetClients:
         autoscaling=aws.client("autoscaling"),
         elbv2=aws.client("elbv2"),
         ssm=aws.client("ssm"),
+        dynamodb=aws.client("dynamodb"),
     )
 
 

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from fleet_fixtures import APP, ENVIRONMENT
 
+from immudeploy.aws.lock import current_holder
 from immudeploy.core.naming import TAG_APP, from_aws_tags
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,12 +209,7 @@ def test_a_failing_staging_test_leaves_the_live_group_untouched_and_nothing_leak
     assert registered_targets(fleet_clients, demo_network.target_group_arn) == live_before
     assert registered_targets(fleet_clients, demo_network.staging_target_group_arn) == set()
     # The lock was released: the next run for the target is not blocked.
-    assert (
-        fleet_clients.ssm.describe_parameters(
-            ParameterFilters=[{"Key": "Name", "Values": ["/immutable/shop/prod/lock"]}]
-        )["Parameters"]
-        == []
-    )
+    assert current_holder(fleet_clients.dynamodb, APP, ENVIRONMENT) is None
 
 
 class UnhealthyFor:
@@ -382,7 +378,7 @@ def test_a_second_run_for_the_same_target_waits_and_names_the_holder(
     monkeypatch.setenv("IMMUDEPLOY_LOCK_WAIT_SECONDS", "2")
     other = LockHolder("immutable_rollback", "manual__other-run")
     acquire_lock(
-        fleet_clients.ssm,
+        fleet_clients.dynamodb,
         APP,
         ENVIRONMENT,
         other,
@@ -398,7 +394,7 @@ def test_a_second_run_for_the_same_target_waits_and_names_the_holder(
     assert task_states(blocked)["prepare"] == "failed"
     assert group_names(fleet_clients) == set()
     # The holder's lock is still there: the blocked run did not release someone else's lock.
-    assert release_lock(fleet_clients.ssm, APP, ENVIRONMENT, other)
+    assert release_lock(fleet_clients.dynamodb, APP, ENVIRONMENT, other)
 
     deployed("1.0.0")
 

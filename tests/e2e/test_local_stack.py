@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import requests
 
+from immudeploy.aws.lock import current_holder
 from immudeploy_dev.components import DEFAULT_TIME_SCALE
 
 pytestmark = pytest.mark.slow
@@ -487,7 +488,7 @@ def test_a_run_marked_failed_mid_swap_through_the_rest_api_is_undone_and_capacit
 ) -> None:
     """An operator marks the run failed while both fleets are attached: undo (a teardown task) still
     runs, puts the live group alone behind the load balancer and removes the new group; the lock is free."""
-    elbv2, autoscaling, ssm = local_stack.aws("elbv2"), local_stack.aws("autoscaling"), local_stack.aws("ssm")
+    elbv2, autoscaling = local_stack.aws("elbv2"), local_stack.aws("autoscaling")
     arn = elbv2.describe_target_groups(Names=[LIVE_TARGET_GROUP])["TargetGroups"][0]["TargetGroupArn"]
     (live,) = [
         g
@@ -542,6 +543,5 @@ def test_a_run_marked_failed_mid_swap_through_the_rest_api_is_undone_and_capacit
     assert attached == [live["AutoScalingGroupName"]]
     # The new group was force-deleted: AWS shows it `Delete in progress` for a while, then it is gone.
     _until("the new group's deletion", lambda: not groups_of("5.0.0"), timeout=120)
-    with pytest.raises(ssm.exceptions.ParameterNotFound):
-        ssm.get_parameter(Name="/immutable/shop/prod/lock")
+    assert current_holder(local_stack.aws("dynamodb"), "shop", "prod") is None
     assert sampler.error is None and sampler.lowest is not None and sampler.lowest >= size, sampler.looks[:5]

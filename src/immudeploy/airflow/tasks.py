@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from airflow.sdk import TriggerRule, get_current_context, task
@@ -60,35 +60,26 @@ def _plan(plan: dict[str, Any]) -> Any:
     return plan_from_xcom(plan)
 
 
-def _holder() -> Any:
-    from immudeploy.aws.lock import LockHolder
+@contextlib.contextmanager
+def _locked(plan: dict[str, Any]) -> Iterator[Any]:
+    """The clients for a mutating step, run only while this run holds the app/environment lock."""
+    from immudeploy.airflow.locking import holding_lock
 
-    context = get_current_context()
-    return LockHolder(context["dag"].dag_id, context["run_id"])
+    clients = _clients()
+    with holding_lock(clients, plan["app"], plan["environment"]):
+        yield clients
 
 
 def _plan_under_lock(app: str, environment: str, make_plan: Any) -> dict[str, Any]:
     """Take the app/environment lock, then plan; a plan that fails gives the lock back."""
-    from immudeploy.aws.lock import acquire_lock, release_lock
+    from immudeploy.airflow.locking import give_back_lock, take_lock
 
     clients = _clients()
-    holder = _holder()
-    acquire_lock(
-        clients.ssm,
-        app,
-        environment,
-        holder,
-        # How long a run waits for another run of the same app and environment before it fails.
-        wait_seconds=float(os.environ.get("IMMUDEPLOY_LOCK_WAIT_SECONDS", "1800")),
-        poll_interval=min(POLL_SECONDS, 5.0),
-        # A lock older than this was left by a run that died without releasing it.
-        stale_after_seconds=float(os.environ.get("IMMUDEPLOY_LOCK_STALE_SECONDS", str(6 * 3600))),
-        log=log,
-    )
+    take_lock(clients, app, environment)
     try:
         plan = make_plan(clients)
     except BaseException:
-        release_lock(clients.ssm, app, environment, holder)
+        give_back_lock(clients, app, environment)
         raise
     for note in plan.notes:
         log.info("%s", note)
@@ -135,13 +126,19 @@ def prepare_rollback() -> dict[str, Any]:
 @task(trigger_rule=TriggerRule.ALL_DONE)
 def release_lock() -> bool:
     """Frees the app/environment for the next run; runs however the run ended."""
-    from immudeploy.aws.lock import release_lock as release
+    from immudeploy.airflow.locking import give_back_lock
+    from immudeploy.core.errors import InvalidInput
+    from immudeploy.core.naming import validate_app, validate_environment
 
     context = get_current_context()
-    plan = context["ti"].xcom_pull(task_ids="prepare")
-    if not plan:
-        return False
-    return release(_clients().ssm, plan["app"], plan["environment"], _holder())
+    plan = context["ti"].xcom_pull(task_ids="prepare") or {}
+    try:
+        # prepare may have died after taking the lock and before it returned the plan.
+        app = validate_app(plan.get("app") or context["params"].get("app"))
+        environment = validate_environment(plan.get("environment") or context["params"].get("environment"))
+    except InvalidInput:
+        return False  # the conf was invalid: prepare took no lock
+    return give_back_lock(_clients(), app, environment)
 
 
 # --- bake ----------------------------------------------------------------------------------------
@@ -162,7 +159,8 @@ def launch_staging(plan: dict[str, Any], image_id: str) -> str | None:
     """A staging group of the image, registered only in the staging target group."""
     from immudeploy.release.deploy import launch_staging as launch
 
-    group = launch(_clients(), _plan(plan), image_id)
+    with _locked(plan) as clients:
+        group = launch(clients, _plan(plan), image_id)
     return group.name if group else None
 
 
@@ -205,7 +203,8 @@ def teardown_staging(plan: dict[str, Any] | None) -> list[str]:
 
     if not plan:  # the run failed before it planned anything
         return []
-    return teardown(_clients(), _plan(plan))
+    with _locked(plan) as clients:
+        return teardown(clients, _plan(plan))
 
 
 # --- publish, launch, cut over, drain, observe, tear down ---------------------------------------
@@ -217,7 +216,8 @@ def publish_config(plan: dict[str, Any]) -> dict[str, Any]:
     """The release's runtime configuration in SSM under its own path, with a per-release cache key prefix."""
     from immudeploy.release.deploy import publish_config as publish
 
-    return publish(_clients(), _plan(plan))
+    with _locked(plan) as clients:
+        return publish(clients, _plan(plan))
 
 
 @task
@@ -226,7 +226,8 @@ def launch_fleet(plan: dict[str, Any], image_id: str) -> str:
     """The new server group, sized like the live one, capacity pinned for the swap (not yet in the LB)."""
     from immudeploy.release.deploy import launch_fleet as launch
 
-    return launch(_clients(), _plan(plan), image_id).name
+    with _locked(plan) as clients:
+        return launch(clients, _plan(plan), image_id).name
 
 
 @task(task_id="launch_fleet")
@@ -235,7 +236,8 @@ def bring_up_rollback_fleet(plan: dict[str, Any]) -> str:
     """Scale the kept group back up, or launch a group from the previous version's image."""
     from immudeploy.release.rollback import bring_up_rollback_fleet as bring_up
 
-    return bring_up(_clients(), _plan(plan)).name
+    with _locked(plan) as clients:
+        return bring_up(clients, _plan(plan)).name
 
 
 @task
@@ -244,7 +246,8 @@ def attach_fleet(plan: dict[str, Any], group_name: str) -> list[str]:
     """Registers the new group in the target groups beside the old one: both serve from here on."""
     from immudeploy.release.deploy import attach_fleet as attach
 
-    return attach(_clients(), _plan(plan), group_name).target_group_arns
+    with _locked(plan) as clients:
+        return attach(clients, _plan(plan), group_name).target_group_arns
 
 
 @task
@@ -253,7 +256,8 @@ def detach_old_fleet(plan: dict[str, Any], group_name: str) -> list[str]:
     """Takes the old group out of the target groups (refused if that leaves no healthy target)."""
     from immudeploy.release.deploy import detach_old_fleet as detach
 
-    return detach(_clients(), _plan(plan), group_name)
+    with _locked(plan) as clients:
+        return detach(clients, _plan(plan), group_name)
 
 
 @task(multiple_outputs=False)
@@ -272,7 +276,8 @@ def finish_swap(plan: dict[str, Any], group_name: str) -> dict[str, int]:
     from immudeploy.airflow.xcom import capacity_to_xcom
     from immudeploy.release.deploy import finish_swap as finish
 
-    return capacity_to_xcom(finish(_clients(), _plan(plan), group_name).capacity)
+    with _locked(plan) as clients:
+        return capacity_to_xcom(finish(clients, _plan(plan), group_name).capacity)
 
 
 @task(multiple_outputs=False)
@@ -284,7 +289,8 @@ def retire_old_fleets(plan: dict[str, Any], group_name: str) -> dict[str, Any]:
     deploy = _plan(plan)
     # A rollback retires the bad fleet itself, whatever the retention.
     bad = [deploy.live.name] if deploy.rollback_mode and deploy.live else []
-    return retire(_clients(), deploy, group_name, also_delete=bad)
+    with _locked(plan) as clients:
+        return retire(clients, deploy, group_name, also_delete=bad)
 
 
 # --- end of run ----------------------------------------------------------------------------------
@@ -318,7 +324,8 @@ def undo_on_failure(step_task_ids: list[str]) -> list[str]:
     plan = ti.xcom_pull(task_ids="prepare")
     if not plan:
         return ["the run failed before it changed anything"]
-    return undo_failed_run(_clients(), _plan(plan), poll_interval=min(POLL_SECONDS, 5.0))
+    with _locked(plan) as clients:
+        return undo_failed_run(clients, _plan(plan), poll_interval=min(POLL_SECONDS, 5.0))
 
 
 def undo_phase(steps: list[Any]) -> Any:

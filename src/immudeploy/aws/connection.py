@@ -87,6 +87,11 @@ class AwsClients:
     def cloudwatch(self) -> Any:
         return self.client("cloudwatch")
 
+    @cached_property
+    def dynamodb(self) -> Any:
+        """The deployment lock's table (immudeploy.aws.lock)."""
+        return self.client("dynamodb")
+
 
 @dataclass(frozen=True)
 class PackerAwsSettings:

@@ -110,8 +110,17 @@ class BakeImageOperator(BaseOperator):
 
     def execute(self, context: Context) -> str:
         self._apply_plan()
-        ti = context["ti"]
         clients = AwsClients(self.aws_conn_id, self.region_name)
+        if not self.plan:
+            return self._bake(context, clients)
+        from immudeploy.airflow.locking import holding_lock
+
+        # In a deploy run: only while the run holds the app/environment lock (heartbeat during Packer).
+        with holding_lock(clients, self.app, self.environment):
+            return self._bake(context, clients)
+
+    def _bake(self, context: Context, clients: AwsClients) -> str:
+        ti = context["ti"]
         settings = packer_aws_settings(self.aws_conn_id, self.region_name)
         if self.image_id:
             # The run names an image that was baked (and staged) before: deploy it as it is.
