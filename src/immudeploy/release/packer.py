@@ -16,6 +16,7 @@ from pathlib import Path
 
 from packerpy import PackerExecutable
 
+from immudeploy.core.environment import allowed_environment
 from immudeploy.core.errors import BakeError, WaitTimeout
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,14 @@ log = logging.getLogger(__name__)
 # Packer cleans up its temporary key pair, security group and instance when interrupted; give it
 # this long before the whole process group is killed.
 TERMINATE_GRACE_SECONDS = 30.0
+# Packer's own settings a platform team may set on the worker (plugin and cache dirs, its log).
+PACKER_VARIABLES = (
+    "PACKER_PLUGIN_PATH",
+    "PACKER_CACHE_DIR",
+    "PACKER_CONFIG_DIR",
+    "PACKER_LOG",
+    "PACKER_LOG_PATH",
+)
 
 
 @dataclass(frozen=True)
@@ -110,9 +119,9 @@ class StreamingPackerExecutable(PackerExecutable):
         if template is None:
             raise ValueError("a template path is required")
         args = self.command_line(packer_cmd, template, **kwargs)
-        # The parent's environment (PATH, HOME for the plugin cache) plus the AWS settings; the
-        # parent's own AWS variables are dropped so only the Airflow connection's credentials count.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        # An allow-list of the worker's environment (PATH, HOME for the plugin cache, proxies, Packer's
+        # own settings) plus the connection's AWS settings: never Airflow's secrets or the worker's AWS keys.
+        env = allowed_environment(PACKER_VARIABLES)
         env.update(self.environment)
         env.setdefault("CHECKPOINT_DISABLE", "1")
         self._cancelled.clear()

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
+from immudeploy.core.environment import allowed_environment
 from immudeploy.core.errors import DeployError, InvalidInput, WaitTimeout
 from immudeploy.core.naming import validate_app, validate_environment, validate_version
 
@@ -29,9 +30,6 @@ ENV_APP = "IMMUTABLE_APP"
 ENV_ENVIRONMENT = "IMMUTABLE_ENVIRONMENT"
 ENV_VERSION = "IMMUTABLE_VERSION"
 
-# Only these come from the worker's own environment: the rest of it (Airflow's database URL,
-# connection secrets) is none of the test command's business.
-INHERITED_VARIABLES = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "SSL_CERT_FILE")
 INSTANCE_ID_PATTERN = r"^i-[0-9a-f]{8,17}$"
 TAIL_LINES = 20
 # After SIGTERM, how long the test command gets to clean up before SIGKILL.
@@ -133,7 +131,8 @@ def run_staging_tests(
     if timeout_seconds <= 0:
         raise InvalidInput("test_timeout_seconds", "must be positive")
     shown = shlex.join(command)
-    env = {name: os.environ[name] for name in INHERITED_VARIABLES if name in os.environ}
+    # Only an allow-list of the worker's environment: Airflow's secrets are none of the tests' business.
+    env = allowed_environment()
     # Python test runners block-buffer a pipe; unbuffered, their lines reach the task log as they happen.
     env["PYTHONUNBUFFERED"] = "1"
     env.update(environment)

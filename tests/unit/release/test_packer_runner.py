@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -124,3 +125,34 @@ def test_a_broken_template_fails_with_packers_own_message(tmp_path: Path, aws) -
     with pytest.raises(BakeError) as failure:
         runner.validate(DATA / "broken_template", var_file)
     assert "no_such_argument" in str(failure.value)
+
+
+def test_packer_gets_an_allow_list_of_the_worker_environment_never_airflows_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What Packer's process really receives (a stand-in executable writes its environment out)."""
+    dump = tmp_path / "packer-env.json"
+    fake = tmp_path / "packer"
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, os\nopen({str(dump)!r}, 'w').write(json.dumps(dict(os.environ)))\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgresql://airflow:db-secret@db/airflow")
+    monkeypatch.setenv("AIRFLOW__CELERY__BROKER_URL", "redis://:broker-secret@redis:6379/0")
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", "aws://AKIA:conn-secret@")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "worker-own-secret")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("PACKER_PLUGIN_PATH", "/opt/packer/plugins")
+    runner = PackerRunner(
+        str(fake), {"AWS_ACCESS_KEY_ID": "conn-key", "AWS_SECRET_ACCESS_KEY": "conn-secret"}
+    )
+    runner.packer.timeout = 30
+    runner.packer.execute_cmd("version", template=str(tmp_path))
+    seen = json.loads(dump.read_text())
+    assert seen["AWS_SECRET_ACCESS_KEY"] == "conn-secret"  # the connection's, not the worker's own
+    assert seen["HTTPS_PROXY"] == "http://proxy.internal:3128"
+    assert seen["PACKER_PLUGIN_PATH"] == "/opt/packer/plugins"
+    assert seen["PATH"]
+    leaked = [name for name in seen if name.startswith("AIRFLOW")]
+    assert leaked == []
+    assert not any("secret" in value and value != "conn-secret" for value in seen.values())
