@@ -93,6 +93,25 @@ def test_botocore_retries_ride_out_a_short_burst(standin: StandIn) -> None:
     assert sorted(i.kind for i in standin.injections) == ["error", "throttle"]
 
 
+@pytest.mark.parametrize(
+    ("service", "code", "status"),
+    [
+        ("ec2", "UnauthorizedOperation", 403),
+        ("autoscaling", "AccessDenied", 403),
+        ("elasticloadbalancing", "AccessDenied", 403),
+        ("ssm", "AccessDeniedException", 400),
+    ],
+)
+def test_a_denied_call_fails_as_iam_refuses_it_and_is_not_retried(
+    standin: StandIn, service: str, code: str, status: int
+) -> None:
+    """A permission the role lacks: AWS's code for the protocol; botocore gives up at the first answer."""
+    aws = make_clients(standin.endpoint_url, retries={"mode": "standard", "total_max_attempts": 5})
+    with standin.inject(service, "*", "denied"):
+        assert error_of(calls(aws)[service]) == (code, status)
+    assert len(standin.injections) == 1
+
+
 def test_fault_bounded_in_time(standin: StandIn, aws: Clients) -> None:
     standin.inject("ec2", "DescribeVpcs", seconds=0.3)
     assert error_of(aws.ec2.describe_vpcs)[0] == "RequestLimitExceeded"

@@ -16,7 +16,13 @@ from urllib.parse import parse_qs
 
 log = logging.getLogger("immudeploy_dev.standin")
 
-KINDS = ("throttle", "error", "latency")
+KINDS = ("throttle", "error", "latency", "denied")
+# What IAM answers a call the role may not make (403; botocore does not retry it), per protocol.
+DENIED = {
+    "ec2": (403, "UnauthorizedOperation", "You are not authorized to perform this operation."),
+    "json": (400, "AccessDeniedException", "User is not authorized to perform this action"),
+    "query": (403, "AccessDenied", "User is not authorized to perform this action"),
+}
 # boto3 client names whose SigV4 signing name differs.
 SERVICE_ALIASES = {"elbv2": "elasticloadbalancing", "elb": "elasticloadbalancing"}
 
@@ -251,6 +257,8 @@ def error_code(fault: Fault, call: Call) -> tuple[int, str, str]:
     protocol = call.protocol if call.protocol in ("ec2", "json") else "query"
     if fault.kind == "throttle":
         status, code, message = THROTTLE[protocol]
+    elif fault.kind == "denied":
+        status, code, message = DENIED[protocol]
     else:
         status = fault.status or 500
         code = SERVER_ERRORS.get((protocol, status), "InternalFailure")

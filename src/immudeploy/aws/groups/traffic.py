@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 DISABLED_SUSPENDED_PROCESSES = ("AddToLoadBalancer",)
 
 
-def attach_server_group(
-    clients: AwsApi, group_name: str, target_group_arns: list[str], *, elb_health_check: bool = True
-) -> ServerGroup:
-    """Put a group behind the target groups (and re-enable it if it was disabled); idempotent."""
+def attach_server_group(clients: AwsApi, group_name: str, target_group_arns: list[str]) -> ServerGroup:
+    """Put a group behind the target groups (and re-enable it if it was disabled); idempotent.
+
+    Its health check type stays what the launch gave it (configured, inherited, or ELB by default).
+    """
     raw = require_group(clients, group_name)
     tags = from_aws_tags(raw.get("Tags"))
     suspended = {p["ProcessName"] for p in raw.get("SuspendedProcesses", [])}
@@ -48,9 +49,6 @@ def attach_server_group(
         log.info("Attached %s to %s", group_name, ", ".join(map(target_group_label, missing)))
     else:
         log.info("%s is already attached to every target group", group_name)
-    if elb_health_check and raw.get("HealthCheckType") != "ELB":
-        # Once it serves traffic, the load balancer's view of health is the one that should replace instances.
-        clients.autoscaling.update_auto_scaling_group(AutoScalingGroupName=group_name, HealthCheckType="ELB")
     if TAG_STATE in tags:
         clients.autoscaling.delete_tags(
             Tags=[{"ResourceId": group_name, "ResourceType": "auto-scaling-group", "Key": TAG_STATE}]
