@@ -132,7 +132,8 @@ def _broken_image(clients: Any, version: str) -> str:
 def test_a_broken_image_fails_the_health_gate_naming_the_instance_and_the_live_fleet_keeps_serving(
     airflow_db, aws, fleet_clients, demo_network, live_of, tmp_path, monkeypatch, capfd
 ) -> None:
-    write_config(tmp_path, monkeypatch, staging=False)
+    # A short grace period: the gate tolerates `unhealthy` during it, then fails at once.
+    write_config(tmp_path, monkeypatch, staging=False, health_check_grace_period_seconds=5)
     old = live_of(3)
     image_id = _broken_image(fleet_clients, "2.0.0")
     with HealthySampler(fleet_clients.elbv2, demo_network.target_group_arn) as sampler:

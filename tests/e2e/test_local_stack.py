@@ -545,3 +545,112 @@ def test_a_run_marked_failed_mid_swap_through_the_rest_api_is_undone_and_capacit
     _until("the new group's deletion", lambda: not groups_of("5.0.0"), timeout=120)
     assert current_holder(local_stack.aws("dynamodb"), "shop", "prod") is None
     assert sampler.error is None and sampler.lowest is not None and sampler.lowest >= size, sampler.looks[:5]
+
+
+def _clear(stack: RunningStack, run_id: str, task_id: str) -> None:
+    """The UI's "Clear" with "Downstream" on one task of a finished run."""
+    response = requests.post(
+        f"{stack.api_url}/api/v2/dags/immutable_deploy/clearTaskInstances",
+        json={
+            "dry_run": False,
+            "dag_run_id": run_id,
+            "task_ids": [task_id],
+            "include_downstream": True,
+            "only_failed": False,
+            "reset_dag_runs": True,
+        },
+        headers=stack.headers(),
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    cleared = {ti["task_id"] for ti in response.json()["task_instances"]}
+    assert {task_id, "release_lock"} <= cleared, cleared
+
+
+def _task_log(stack: RunningStack, run_id: str, task_id: str) -> str:
+    from immudeploy_ci.api import format_log_content
+
+    instance = requests.get(
+        f"{stack.api_url}/api/v2/dags/immutable_deploy/dagRuns/{run_id}/taskInstances/{task_id}",
+        headers=stack.headers(),
+        timeout=30,
+    ).json()
+    response = requests.get(
+        f"{stack.api_url}/api/v2/dags/immutable_deploy/dagRuns/{run_id}/taskInstances/{task_id}"
+        f"/logs/{instance['try_number']}",
+        params={"full_content": "true"},
+        headers={**stack.headers(), "Accept": "application/json"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    return "\n".join(format_log_content(response.json().get("content", [])))
+
+
+def test_a_failed_task_cleared_through_the_rest_api_reruns_only_under_the_lock(
+    local_stack: RunningStack,
+) -> None:
+    """A deploy fails at launch (the role may not create groups); the operator fixes that and clears
+    the launch "and downstream" in the UI. While another run holds the lock, the cleared launch fails
+    naming it and nothing changes; once the lock is free, the cleared run takes it back and completes
+    the swap, the healthy count never below the live size, and gives the lock back."""
+    from immudeploy.aws.lock import LockHolder, acquire_lock, release_lock
+    from immudeploy_dev.standin.client import StandInClient
+
+    elbv2, autoscaling = local_stack.aws("elbv2"), local_stack.aws("autoscaling")
+    dynamodb = local_stack.aws("dynamodb")
+    standin = StandInClient(local_stack.aws_url)
+    arn = elbv2.describe_target_groups(Names=[LIVE_TARGET_GROUP])["TargetGroups"][0]["TargetGroupArn"]
+
+    def attached() -> list[dict[str, Any]]:
+        groups = autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
+        return [g for g in groups if arn in g["TargetGroupARNs"]]
+
+    (live,) = attached()
+    size = live["DesiredCapacity"]
+    groups_before = {
+        g["AutoScalingGroupName"] for g in autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
+    }
+
+    with standin.inject("autoscaling", "CreateAutoScalingGroup", "denied"):
+        run_id = _trigger(
+            local_stack, "immutable_deploy", {"app": "shop", "environment": "prod", "version": "7.0.0"}
+        )
+        assert _wait_for_run(local_stack, "immutable_deploy", run_id)["state"] == "failed"
+    assert _task_state(local_stack, run_id, "launch.launch_fleet") == "failed"
+    assert "AccessDenied" in _task_log(local_stack, run_id, "launch.launch_fleet")
+    assert current_holder(dynamodb, "shop", "prod") is None  # released at the end of the failed run
+    # launch_fleet had pinned the live group before the refused create: undo gave its scaling back.
+    (after,) = attached()
+    assert (after["MinSize"], after["MaxSize"], after["DesiredCapacity"]) == (
+        live["MinSize"],
+        live["MaxSize"],
+        size,
+    )
+    assert after["SuspendedProcesses"] == live["SuspendedProcesses"]
+
+    # Meanwhile a run of another Airflow installation took the lock (fresh heartbeat).
+    other = LockHolder("immutable_deploy", "manual__other-installation")
+    acquire_lock(dynamodb, "shop", "prod", other, wait_seconds=0, poll_interval=1, stale_after_seconds=300)
+    _clear(local_stack, run_id, "launch.launch_fleet")
+    assert _wait_for_run(local_stack, "immutable_deploy", run_id)["state"] == "failed"
+    assert _task_state(local_stack, run_id, "launch.launch_fleet") == "failed"
+    log = _task_log(local_stack, run_id, "launch.launch_fleet")
+    assert "locked by run manual__other-installation of immutable_deploy" in log, log[-2000:]
+    groups_now = {
+        g["AutoScalingGroupName"] for g in autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
+    }
+    assert groups_now == groups_before  # the cleared launch changed nothing while it did not hold the lock
+    holder = current_holder(dynamodb, "shop", "prod")
+    assert holder is not None and holder.same_run(other)  # and its release_lock left the other's lock alone
+
+    assert release_lock(dynamodb, "shop", "prod", other)
+    with TargetSampler(elbv2, arn) as sampler:
+        _clear(local_stack, run_id, "launch.launch_fleet")
+        run = _wait_for_run(local_stack, "immutable_deploy", run_id)
+    assert run["state"] == "success", run
+    (serving,) = attached()
+    assert serving["AutoScalingGroupName"] != live["AutoScalingGroupName"]
+    assert serving["DesiredCapacity"] == size
+    assert {t["Key"]: t["Value"] for t in serving["Tags"]}["immutable:version"] == "7.0.0"
+    assert current_holder(dynamodb, "shop", "prod") is None
+    assert sampler.error is None and sampler.lowest is not None and sampler.lowest >= size, sampler.looks[:5]

@@ -53,6 +53,7 @@ class ImmutableWaitTrigger(BaseTrigger):
         instance_ids: list[str] | None = None,
         expected_count: int = 0,
         fail_fast: bool = True,
+        grace_ends: dict[str, float] | None = None,
         poll_interval: float = 10.0,
         timeout_seconds: float = 600.0,
     ) -> None:
@@ -64,6 +65,8 @@ class ImmutableWaitTrigger(BaseTrigger):
         self.instance_ids = None if instance_ids is None else list(instance_ids)
         self.expected_count = expected_count
         self.fail_fast = fail_fast
+        # Epoch seconds, so a trigger restarted on another triggerer keeps the same grace periods.
+        self.grace_ends = None if grace_ends is None else dict(grace_ends)
         self.poll_interval = poll_interval
         self.timeout_seconds = timeout_seconds
 
@@ -78,6 +81,7 @@ class ImmutableWaitTrigger(BaseTrigger):
                 "instance_ids": None if self.instance_ids is None else list(self.instance_ids),
                 "expected_count": self.expected_count,
                 "fail_fast": self.fail_fast,
+                "grace_ends": None if self.grace_ends is None else dict(self.grace_ends),
                 "poll_interval": self.poll_interval,
                 "timeout_seconds": self.timeout_seconds,
             },
@@ -92,6 +96,7 @@ class ImmutableWaitTrigger(BaseTrigger):
             instance_ids=self.instance_ids,
             expected_count=self.expected_count,
             fail_fast=self.fail_fast,
+            grace_ends=self.grace_ends,
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -141,7 +146,11 @@ class InServiceTrigger(ImmutableWaitTrigger):
 
 
 class HealthyTrigger(ImmutableWaitTrigger):
-    """Every one of `instance_ids` healthy in every target group (fails fast on `unhealthy`)."""
+    """Every one of `instance_ids` healthy in every target group.
+
+    Fails fast on `unhealthy`, except for an instance still within its health check grace period
+    (`grace_ends`, read from AWS by the operator before it defers).
+    """
 
     kind = "healthy"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,12 +35,18 @@ def healthy_target_ids(clients: AwsApi, target_group_arn: str) -> set[str]:
     return {d["Target"]["Id"] for d in descriptions if d.get("TargetHealth", {}).get("State") == "healthy"}
 
 
-def registered_target_ids(clients: AwsApi, target_group_arns: list[str]) -> set[str]:
-    """Every target still registered (healthy, draining, ...): deleting its instance would cut requests."""
-    registered: set[str] = set()
-    for arn in target_group_arns:
-        descriptions = clients.elbv2.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]
-        registered |= {d["Target"]["Id"] for d in descriptions}
+def registered_targets(clients: AwsApi, target_group_arns: Sequence[str]) -> dict[str, list[str]]:
+    """Every target still registered (healthy, draining, ...) as `{id: ["state in tg", ...]}`.
+
+    Deleting the instance of any of them would cut its requests.
+    """
+    registered: dict[str, list[str]] = {}
+    for arn, descriptions in describe_targets(clients.elbv2, target_group_arns).items():
+        for description in descriptions:
+            state = description.get("TargetHealth", {}).get("State", "?")
+            registered.setdefault(description["Target"]["Id"], []).append(
+                f"{state} in {target_group_label(arn)}"
+            )
     return registered
 
 
@@ -89,12 +96,20 @@ def evaluate_health_gate(
     instance_ids: Sequence[str],
     *,
     fail_fast: bool = True,
+    grace_ends: Mapping[str, float] | None = None,
+    now: float | None = None,
 ) -> WaitStatus:
     """Done when every instance is `healthy` in every target group.
 
-    `unhealthy` fails at once (naming the instances and AWS's reason) unless `fail_fast` is False,
-    then it is pending like `initial`; `unused` or absent means not registered yet, also pending.
+    `unhealthy` fails (naming the instances and AWS's reason) unless `fail_fast` is False, then it
+    is pending like `initial`; `unused` or absent means not registered yet, also pending. An
+    instance in `grace_ends` (its health check grace period's end, epoch seconds) is still allowed
+    to be `unhealthy` before that time, `now` (default: the wall clock): a slow first boot is
+    tolerated as Auto Scaling tolerates it, a broken one fails as soon as the grace is over.
     """
+    grace_ends = grace_ends or {}
+    if now is None:
+        now = time.time()
     wanted = _unique(instance_ids)
     if not wanted:
         return WaitStatus(False, True, "no instances to check: the health gate would pass vacuously")
@@ -111,9 +126,17 @@ def evaluate_health_gate(
             entries = by_instance.get(instance_id, [])
             healths = [entry.get("TargetHealth", {}) for entry in entries]
             bad = [h for h in healths if str(h.get("State", "")).startswith("unhealthy")]
-            if bad and fail_fast:
+            grace_end = grace_ends.get(instance_id)
+            if bad and fail_fast and grace_end is not None and now < grace_end:
+                pending.append(instance_id)
+                pending_notes.append(
+                    f"{instance_id} in {tg} ({_reason(bad[0])}; tolerated during its health check "
+                    f"grace period, {grace_end - now:.0f}s left)"
+                )
+            elif bad and fail_fast:
                 failed.append(instance_id)
-                failed_notes.append(f"{instance_id} in {tg} ({_reason(bad[0])})")
+                over = "" if grace_end is None else "; its health check grace period is over"
+                failed_notes.append(f"{instance_id} in {tg} ({_reason(bad[0])}{over})")
             elif not healths:
                 pending.append(instance_id)
                 pending_notes.append(f"{instance_id} in {tg} (not registered)")

@@ -79,6 +79,53 @@ def group_instance_ids(autoscaling: Any, group_name: str, *, serving: bool = Fal
     ]
 
 
+# describe_auto_scaling_instances takes at most 50 instance ids, describe_auto_scaling_groups 100 names.
+_INSTANCE_BATCH = 50
+_GROUP_BATCH = 100
+
+
+def _batches(items: Sequence[str], size: int) -> list[list[str]]:
+    return [list(items[start : start + size]) for start in range(0, len(items), size)]
+
+
+def health_check_grace_ends(autoscaling: Any, ec2: Any, instance_ids: Sequence[str]) -> dict[str, float]:
+    """When each instance's health check grace period ends (epoch seconds), as AWS describes it.
+
+    The grace period is the instance's Auto Scaling group's HealthCheckGracePeriod, counted from
+    the instance's LaunchTime (AWS counts from InService, which no API reports and which comes
+    later: so the gate never tolerates longer than Auto Scaling does). Instances outside any group,
+    or of a group without a grace period, are left out: for them `unhealthy` fails at once.
+    """
+    ids = list(dict.fromkeys(instance_ids))
+    group_of: dict[str, str] = {}
+    for batch in _batches(ids, _INSTANCE_BATCH):
+        pages = autoscaling.get_paginator("describe_auto_scaling_instances").paginate(InstanceIds=batch)
+        for page in pages:
+            for instance in page["AutoScalingInstances"]:
+                group_of[instance["InstanceId"]] = instance["AutoScalingGroupName"]
+    grace: dict[str, int] = {}
+    for batch in _batches(sorted(set(group_of.values())), _GROUP_BATCH):
+        pages = autoscaling.get_paginator("describe_auto_scaling_groups").paginate(
+            AutoScalingGroupNames=batch
+        )
+        for page in pages:
+            for group in page["AutoScalingGroups"]:
+                grace[group["AutoScalingGroupName"]] = int(group.get("HealthCheckGracePeriod") or 0)
+    graced = [iid for iid in ids if grace.get(group_of.get(iid, ""), 0) > 0]
+    ends: dict[str, float] = {}
+    for batch in _batches(graced, _INSTANCE_BATCH):
+        # A filter, not InstanceIds: an instance gone meanwhile is left out instead of failing the call.
+        pages = ec2.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "instance-id", "Values": batch}]
+        )
+        for page in pages:
+            for reservation in page["Reservations"]:
+                for instance in reservation["Instances"]:
+                    iid = instance["InstanceId"]
+                    ends[iid] = instance["LaunchTime"].timestamp() + grace[group_of[iid]]
+    return ends
+
+
 # ---------------------------------------------------------------------------------------------
 # Timeouts from the target groups' own settings
 # ---------------------------------------------------------------------------------------------
@@ -125,10 +172,22 @@ def in_service_check(autoscaling: Any, group_name: str, expected_count: int) -> 
 
 
 def health_gate_check(
-    elbv2: Any, target_group_arns: Sequence[str], instance_ids: Sequence[str], *, fail_fast: bool = True
+    elbv2: Any,
+    target_group_arns: Sequence[str],
+    instance_ids: Sequence[str],
+    *,
+    fail_fast: bool = True,
+    grace_ends: Mapping[str, float] | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> Callable[[], WaitStatus]:
+    """`grace_ends` (see health_check_grace_ends) is data, read once before the wait: the trigger
+    carries it as an argument, and both paths judge it against the wall clock the same way."""
     return lambda: evaluate_health_gate(
-        describe_targets(elbv2, target_group_arns, instance_ids), instance_ids, fail_fast=fail_fast
+        describe_targets(elbv2, target_group_arns, instance_ids),
+        instance_ids,
+        fail_fast=fail_fast,
+        grace_ends=grace_ends,
+        now=wall_clock(),
     )
 
 
@@ -147,6 +206,7 @@ def wait_check(
     instance_ids: Sequence[str] | None = None,
     expected_count: int = 0,
     fail_fast: bool = True,
+    grace_ends: Mapping[str, float] | None = None,
 ) -> tuple[str, Callable[[], WaitStatus]]:
     """(what the wait is for, its check) for one kind of wait; `client` is of WAIT_SERVICES[kind]."""
     tgs = ", ".join(target_group_label(arn) for arn in target_group_arns)
@@ -158,7 +218,9 @@ def wait_check(
     if kind == "healthy":
         ids = list(instance_ids or [])
         what = f"{len(ids)} instances healthy in target groups {tgs}"
-        return what, health_gate_check(client, target_group_arns, ids, fail_fast=fail_fast)
+        return what, health_gate_check(
+            client, target_group_arns, ids, fail_fast=fail_fast, grace_ends=grace_ends
+        )
     if kind == "drained":
         count = "all" if instance_ids is None else str(len(instance_ids))
         what = f"{count} targets drained from target groups {tgs}"
@@ -290,11 +352,18 @@ def wait_until_healthy(
     poll_interval: float = 10.0,
     *,
     fail_fast: bool = True,
+    grace_ends: Mapping[str, float] | None = None,
     **options: Any,
 ) -> WaitStatus:
-    """Block until every instance is healthy in every target group; fail on the first unhealthy one."""
+    """Block until every instance is healthy in every target group; fail on the first unhealthy one
+    whose health check grace period (`grace_ends`, from health_check_grace_ends) is over."""
     what, check = wait_check(
-        "healthy", elbv2, target_group_arns=target_group_arns, instance_ids=instance_ids, fail_fast=fail_fast
+        "healthy",
+        elbv2,
+        target_group_arns=target_group_arns,
+        instance_ids=instance_ids,
+        fail_fast=fail_fast,
+        grace_ends=grace_ends,
     )
     return wait_for(check, what=what, timeout=timeout, poll_interval=poll_interval, **options)
 

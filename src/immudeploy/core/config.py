@@ -17,6 +17,13 @@ CONFIG_ENV_VAR = "IMMUDEPLOY_CONFIG"
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG_PATH = REPO_ROOT / "config" / "deployments.yaml"
 
+# A new group's health checks when neither the configuration nor a live group says otherwise:
+# the load balancer's view (this tool always deploys behind one), after 300 s to boot, not 0.
+DEFAULT_HEALTH_CHECK_TYPE = "ELB"
+DEFAULT_HEALTH_CHECK_GRACE_PERIOD_SECONDS = 300
+# Auto Scaling's health check types; EC2 is always on, the others combine ("ELB,EBS").
+HEALTH_CHECK_TYPES = ("EC2", "ELB", "EBS", "VPC_LATTICE")
+
 
 @dataclass(frozen=True)
 class CapacityConfig:
@@ -69,6 +76,12 @@ class EnvironmentConfig:
     nightly_schedule: str
     ssm_prefix: str
     runtime_config: Mapping[str, str] = field(default_factory=dict)
+    # None when the environment does not set them: a new group then keeps the live group's values,
+    # and a first deploy gets DEFAULT_HEALTH_CHECK_TYPE and DEFAULT_HEALTH_CHECK_GRACE_PERIOD_SECONDS.
+    # A value set here is the operator's intent and wins over the live group's
+    # (immudeploy.aws.groups.setup.setup_for_new_group).
+    health_check_type: str | None = None
+    health_check_grace_period_seconds: int | None = None
 
     @property
     def target(self) -> str:
@@ -178,6 +191,8 @@ _ENV_FIELDS = {
     "nightly",
     "runtime_config",
     "ssm_prefix",
+    "health_check_type",
+    "health_check_grace_period_seconds",
 }
 _APP_FIELDS = {"packer_template", "base_image", "release_url", "environments", "defaults"}
 
@@ -278,7 +293,28 @@ def _environment(app: str, app_reader: _Reader, name: str, data: Any, base_dir: 
         nightly_schedule=schedule,
         ssm_prefix=ssm_prefix.rstrip("/"),
         runtime_config={k: str(v) for k, v in runtime.items()},
+        health_check_type=_health_check_type(env, "health_check_type"),
+        health_check_grace_period_seconds=env.integer("health_check_grace_period_seconds", None, minimum=0),
     )
+
+
+def validate_health_check_type(value: object, field_name: str) -> str:
+    """`ELB`, `EC2`, or a combination such as `ELB,EBS` (Auto Scaling's HealthCheckType)."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(field_name, f"must be a health check type such as ELB, got {value!r}")
+    parts = value.split(",")
+    unknown = [part for part in parts if part not in HEALTH_CHECK_TYPES]
+    if unknown or len(set(parts)) != len(parts):
+        raise InvalidInput(
+            field_name,
+            f"{value!r} is not one of {', '.join(HEALTH_CHECK_TYPES)} or a comma-separated combination",
+        )
+    return value
+
+
+def _health_check_type(env: _Reader, key: str) -> str | None:
+    value = env.string(key)
+    return None if value is None else validate_health_check_type(value, env.name(key))
 
 
 def _percent(env: _Reader, key: str, default: int) -> int:

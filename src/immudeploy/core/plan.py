@@ -119,3 +119,6 @@ class DeployPlan:
     rollback_mode: str | None = None
     rollback_group: str | None = None
     notes: list[str] = field(default_factory=list)
+    # The environment's configured health checks; None: the live group's, else the defaults.
+    health_check_type: str | None = None
+    health_check_grace_period_seconds: int | None = None

@@ -15,6 +15,7 @@ from immudeploy.aws.groups.capacity import pin_capacity, restore_capacity
 from immudeploy.aws.groups.inventory import describe_server_group, find_server_groups, live_server_group
 from immudeploy.aws.groups.launch import LaunchSpec, launch_server_group
 from immudeploy.aws.groups.retire import delete_server_group, retire_server_groups
+from immudeploy.aws.groups.setup import GroupSetup, configured_setup, setup_for_new_group
 from immudeploy.aws.groups.traffic import attach_server_group, detach_server_group
 from immudeploy.aws.images import delete_unused_images, require_image
 from immudeploy.aws.network import resolve_environment
@@ -122,6 +123,8 @@ def base_plan(clients: Any, env: EnvironmentConfig, dag_id: str, run_id: str, ve
         "base_image_owners": list(env.base_image.owners),
         "packer_template": str(env.packer_template),
         "release_url": env.release_url,
+        "health_check_type": env.health_check_type,
+        "health_check_grace_period_seconds": env.health_check_grace_period_seconds,
         "planned_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -149,6 +152,7 @@ def _launch_spec(
     subnet_ids: list[str],
     target_group_arns: list[str],
     capacity: Capacity,
+    setup: GroupSetup,
 ) -> LaunchSpec:
     """A group of this run's release; every group a run launches is tagged with its deploy id."""
     return LaunchSpec(
@@ -164,6 +168,7 @@ def _launch_spec(
         capacity=capacity,
         ssm_config_path=release_path(plan),
         cache_key_prefix=_cache_prefix(plan),
+        setup=setup,
     )
 
 
@@ -180,6 +185,9 @@ def launch_staging(clients: Any, plan: DeployPlan, image_id: str) -> ServerGroup
         # Registered in the staging target group only: production traffic never reaches it.
         target_group_arns=[staging.target_group_arn],
         capacity=Capacity(staging.capacity, staging.capacity, staging.capacity),
+        # Configured health checks only: a throwaway test fleet must not scale, run schedules or
+        # lifecycle hooks (which may notify other systems) like the production one.
+        setup=configured_setup(plan.health_check_type, plan.health_check_grace_period_seconds),
     )
     return launch_server_group(clients, spec)
 
@@ -257,9 +265,27 @@ def live_group_now(clients: Any, plan: DeployPlan) -> tuple[ServerGroup | None, 
     return live, Capacity(min(original.min, desired), max(original.max, desired), desired)
 
 
+def inherited_setup(clients: Any, plan: DeployPlan, live: ServerGroup | None) -> GroupSetup:
+    """The live group's Auto Scaling setup as it is now (the configured health checks win), else the defaults."""
+    return setup_for_new_group(
+        clients,
+        live.name if live is not None else None,
+        health_check_type=plan.health_check_type,
+        health_check_grace_period=plan.health_check_grace_period_seconds,
+    )
+
+
 def launch_fleet(clients: Any, plan: DeployPlan, image_id: str) -> ServerGroup:
-    """The new group, sized like the live one at this moment and pinned; the live group is pinned too."""
+    """The new group, sized and set up like the live one at this moment and pinned; the live group is pinned too.
+
+    It inherits the live group's scaling policies (with their alarms), scheduled actions, lifecycle
+    hooks, termination policies, health checks, warmup, capacity rebalance, maintenance policy,
+    metrics and tags. Its policies and schedules stay suspended until finish_swap, the live
+    group's while it stays pinned (undo and repair resume them; a kept group keeps them off).
+    """
     live, capacity = live_group_now(clients, plan)
+    # Read now, like the size: an operator may have changed a policy or a schedule during the bake.
+    setup = inherited_setup(clients, plan, live)
     if live is not None:
         # Nothing may scale the old fleet in while the new one comes up; pinned at its size now, so
         # no serving instance is terminated (the first pin records its min/max for the restore).
@@ -274,6 +300,7 @@ def launch_fleet(clients: Any, plan: DeployPlan, image_id: str) -> ServerGroup:
         # launch_server_group pins the group at capacity.desired and records this size in its
         # restore tag: min and max are the live group's, for finish_swap (or a repair) to restore.
         capacity=capacity,
+        setup=setup,
     )
     return launch_server_group(clients, spec)
 
@@ -300,6 +327,9 @@ def detach_old_fleet(clients: Any, plan: DeployPlan, new_group_name: str) -> lis
 def finish_swap(clients: Any, plan: DeployPlan, new_group_name: str) -> ServerGroup:
     """The new group gets the old group's min and max back and autoscales normally again.
 
+    restore_capacity resumes the processes the swap suspended (SWAP_SUSPENDED_PROCESSES): from
+    here on the inherited scaling policies and scheduled actions act on the new group.
+
     Read from AWS now: what the live group was set to during the run (a higher desired or max) is
     what the new group keeps, and its desired count is never lowered.
     """
@@ -314,12 +344,19 @@ def finish_swap(clients: Any, plan: DeployPlan, new_group_name: str) -> ServerGr
 def retire(
     clients: Any, plan: DeployPlan, new_group_name: str, also_delete: list[str] | None = None
 ) -> dict[str, Any]:
-    deleted = []
-    for name in also_delete or []:
-        if delete_server_group(clients, name, force=True):
-            deleted.append(name)
-    deleted += retire_server_groups(
-        clients, plan.app, plan.environment, plan.keep_old_groups, new_group_name, plan.target_group_arns
+    """Delete the old groups retention does not keep (and `also_delete`), or fail naming what is left.
+
+    Raises DeployError (after deleting what it could) when a group could not be deleted, e.g. one
+    still attached or draining: an old fleet is never left running with only a warning.
+    """
+    deleted = retire_server_groups(
+        clients,
+        plan.app,
+        plan.environment,
+        plan.keep_old_groups,
+        new_group_name,
+        plan.target_group_arns,
+        also_delete=also_delete or [],
     )
     images = delete_unused_images(clients, plan.app, plan.keep_images)
     kept = [

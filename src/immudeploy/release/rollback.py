@@ -6,8 +6,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from immudeploy.aws.groups.capacity import scale_server_group
+from immudeploy.aws.groups.capacity import SWAP_SUSPENDED_PROCESSES, pin_capacity, scale_server_group, suspend
 from immudeploy.aws.groups.inventory import describe_server_group, find_server_groups
+from immudeploy.aws.groups.setup import apply_group_setup
 from immudeploy.aws.images import previous_version_image
 from immudeploy.core.config import DeploymentConfig
 from immudeploy.core.errors import DeployError
@@ -19,7 +20,7 @@ from immudeploy.core.naming import (
     validate_version,
 )
 from immudeploy.core.plan import DeployPlan, ServerGroup
-from immudeploy.release.deploy import base_plan, launch_fleet
+from immudeploy.release.deploy import base_plan, inherited_setup, launch_fleet, live_group_now
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +69,26 @@ def plan_rollback(
 
 
 def bring_up_rollback_fleet(clients: Any, plan: DeployPlan) -> ServerGroup:
-    """Scale the kept group back to the live size, or launch a group from the previous image."""
-    capacity = plan.capacity
+    """Scale the kept group back to the live size, or launch a group from the previous image.
+
+    Either way the group that takes over gets the live group's Auto Scaling setup as it is now
+    (launch_fleet does it for a redeploy), held suspended like the live group until finish_swap.
+    """
     if plan.rollback_mode == "swap":
         assert plan.rollback_group
         group = describe_server_group(clients, plan.rollback_group)
         if group is None:
             raise DeployError(f"kept group {plan.rollback_group} disappeared; rerun the rollback to redeploy")
+        # As launch_fleet: the live group's size and setup now, not as planned; both groups pinned.
+        live, capacity = live_group_now(clients, plan)
+        setup = inherited_setup(clients, plan, live)
+        if live is not None:
+            pin_capacity(clients, live.name, capacity)
+        # Before the setup: its schedules and policies must not act on the kept group mid-swap.
+        suspend(clients, group.name, SWAP_SUSPENDED_PROCESSES)
         if group.capacity.desired < capacity.desired or group.capacity.min != capacity.desired:
             scale_server_group(clients, group.name, capacity.pinned())
+        apply_group_setup(clients, group.name, setup)
         current = describe_server_group(clients, group.name)
         if current is None:
             raise DeployError(f"kept group {group.name} disappeared while it was scaled up")

@@ -80,7 +80,8 @@ Not modelled
 - EC2 instance states: instances are ``running`` at once and ``terminated`` at once (moto). Auto Scaling
   terminates at once too, while AWS drains first and terminates after.
 - Lifecycle hooks (``Pending:Wait`` ...), warm pools, instance refresh, ELB health check type of the ASG
-  (unhealthy targets are never replaced), HealthCheckGracePeriod.
+  (unhealthy targets are never replaced). HealthCheckGracePeriod is only stored, as AWS stores it (absent
+  or 0 means none; moto makes both 300), never acted on; it counts in real seconds, not scaled.
 - ``Target.NotInUse`` (target group without a load balancer), ``Target.Timeout`` /
   ``Target.ResponseCodeMismatch``, health check path and matcher, slow start, cross-zone and AZ rules.
 - A healthy target turning unhealthy: image brokenness is judged at registration; ``mark_instance_broken``

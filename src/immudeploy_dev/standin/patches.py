@@ -219,6 +219,15 @@ def _patch_autoscaling() -> None:
     attach = _original(AutoScalingBackend, "attach_load_balancer_target_groups")
     detach = _original(AutoScalingBackend, "detach_load_balancer_target_groups")
     delete_response = _original(AutoScalingResponse, "delete_auto_scaling_group")
+    create_group = _original(AutoScalingBackend, "create_auto_scaling_group")
+
+    def patched_create_group(self: AutoScalingBackend, *args: Any, **kwargs: Any) -> FakeAutoScalingGroup:
+        group = create_group(self, *args, **kwargs)
+        if active_layer() is not None:
+            # AWS: an SDK create without HealthCheckGracePeriod, or with 0, has no grace period;
+            # moto stores 300 for both. Only the value is modelled, not Auto Scaling acting on it.
+            group.health_check_grace_period = int(kwargs.get("health_check_period") or 0)
+        return group
 
     def patched_replace(
         self: FakeAutoScalingGroup, count_needed: int, propagated_tags: dict[str, str]
@@ -308,6 +317,7 @@ def _patch_autoscaling() -> None:
     AutoScalingBackend.attach_load_balancer_target_groups = patched_attach  # type: ignore[method-assign]
     AutoScalingBackend.detach_load_balancer_target_groups = patched_detach  # type: ignore[method-assign]
     AutoScalingResponse.delete_auto_scaling_group = patched_delete_response  # type: ignore[method-assign]
+    AutoScalingBackend.create_auto_scaling_group = patched_create_group  # type: ignore[method-assign]
 
 
 def _force_delete(layer: Layer, backend: AutoScalingBackend, group: FakeAutoScalingGroup) -> None:

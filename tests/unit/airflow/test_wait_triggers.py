@@ -84,6 +84,8 @@ KWARGS: dict[str, Any] = {
     "instance_ids": [I1, I2],
     "expected_count": 0,
     "fail_fast": True,
+    # I1's health check grace period ends then (epoch seconds); I2 has none.
+    "grace_ends": {I1: 1767225900.0},
     "poll_interval": 5.0,
     "timeout_seconds": 245.0,
 }
@@ -229,6 +231,8 @@ def test_health_gate_defers_with_timeout_from_health_check_settings(
     stubbed: Callable[[str], Stubber],
 ) -> None:
     stub = stubbed("elbv2")
+    # Neither instance belongs to an Auto Scaling group: no health check grace period to read.
+    stubbed("autoscaling").add_response("describe_auto_scaling_instances", {"AutoScalingInstances": []})
     add_target_health(stub, TG_WEB, target(I1, "healthy"), INITIAL)
     stub.add_response("describe_target_groups", {"TargetGroups": [target_group(TG_WEB, 10, 3, 5)]})
     gate = HealthGateOperator(
@@ -243,8 +247,14 @@ def test_health_gate_defers_with_timeout_from_health_check_settings(
     assert classpath == CLASSPATH
     assert kwargs["instance_ids"] == [I1, I2]
     assert kwargs["timeout_seconds"] == 120 and kwargs["poll_interval"] == 5
+    assert kwargs["grace_ends"] == {}
     assert deferred.value.kwargs == {
-        "trigger_args": {"target_group_arns": [TG_WEB], "instance_ids": [I1, I2], "fail_fast": True}
+        "trigger_args": {
+            "target_group_arns": [TG_WEB],
+            "instance_ids": [I1, I2],
+            "fail_fast": True,
+            "grace_ends": {},
+        }
     }
 
 
@@ -263,6 +273,8 @@ def test_drain_sensor_defers_for_the_deregistration_delay(stubbed: Callable[[str
 
 
 def test_health_gate_raises_at_once_on_unhealthy(stubbed: Callable[[str], Stubber]) -> None:
+    # Outside any Auto Scaling group, so without a health check grace period (see test_health_grace).
+    stubbed("autoscaling").add_response("describe_auto_scaling_instances", {"AutoScalingInstances": []})
     add_target_health(stubbed("elbv2"), TG_WEB, target(I1, "healthy"), UNHEALTHY)
     gate = HealthGateOperator(task_id="gate", instance_ids=[I1, I2], target_group_arns=[TG_WEB])
     with pytest.raises(DeployError, match=I2):

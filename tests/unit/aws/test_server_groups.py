@@ -308,10 +308,14 @@ def test_retention_keeps_newest_disabled_groups(
     # A kept group is re-enabled by attaching it (rollback), which lifts its disabled marks.
     enabled = attach_server_group(fleet_clients, "shop-prod-v003", [demo_network.target_group_arn])
     assert not enabled.disabled and "AddToLoadBalancer" not in enabled.suspended_processes
-    # Retire never deletes an attached group, whatever `keep` says.
-    retire_server_groups(
-        fleet_clients, APP, ENVIRONMENT, 0, "shop-prod-v004", [demo_network.target_group_arn]
-    )
+    # Retire never deletes an attached group, whatever `keep` says: it deletes the rest, then fails
+    # naming the one left running (issue 10, point 7: not a warning).
+    with pytest.raises(
+        DeployError, match=r"shop-prod-v003: still attached to target group\(s\) shop-prod-live"
+    ):
+        retire_server_groups(
+            fleet_clients, APP, ENVIRONMENT, 0, "shop-prod-v004", [demo_network.target_group_arn]
+        )
     assert [g.name for g in find_server_groups(fleet_clients, APP, ENVIRONMENT)] == [
         "shop-prod-v003",
         "shop-prod-v004",

@@ -337,7 +337,7 @@ def test_undo_after_launch_and_attach_puts_the_old_group_back_alone(
     new = launch_fleet(fleet_clients, plan, BASE_IMAGE)
     attach_fleet(fleet_clients, plan, new.name)
 
-    actions = undo_failed_run(fleet_clients, plan, health_timeout=60, poll_interval=0.05)
+    actions = undo_failed_run(fleet_clients, plan, poll_interval=0.05)
 
     assert f"detached {new.name}" in actions and f"deleted {new.name}" in actions
     assert group_names(fleet_clients) == ["shop-prod-v001"]
@@ -356,9 +356,9 @@ def test_undo_twice_is_harmless(
     plan = planned(fleet_clients)
     new = launch_fleet(fleet_clients, plan, BASE_IMAGE)
     attach_fleet(fleet_clients, plan, new.name)
-    undo_failed_run(fleet_clients, plan, health_timeout=60, poll_interval=0.05)
+    undo_failed_run(fleet_clients, plan, poll_interval=0.05)
 
-    again = undo_failed_run(fleet_clients, plan, health_timeout=60, poll_interval=0.05)
+    again = undo_failed_run(fleet_clients, plan, poll_interval=0.05)
 
     assert again == ["nothing to undo"]
     assert group_names(fleet_clients) == ["shop-prod-v001"]
@@ -374,7 +374,7 @@ def test_undo_after_the_old_group_was_detached_attaches_it_again_first(
     attach_fleet(fleet_clients, plan, new.name)
     detach_old_fleet(fleet_clients, plan, new.name)
 
-    actions = undo_failed_run(fleet_clients, plan, health_timeout=60, poll_interval=0.05)
+    actions = undo_failed_run(fleet_clients, plan, poll_interval=0.05)
 
     assert actions.index(f"re-attached {live_fleet.name}") < actions.index(f"detached {new.name}")
     assert group_names(fleet_clients) == ["shop-prod-v001"]
@@ -387,7 +387,7 @@ def test_undo_before_anything_was_launched_leaves_the_live_group_as_it_was(
     fleet_clients: FleetClients, demo_network: DemoEnvironment, live_fleet: ServerGroup
 ) -> None:
     plan = planned(fleet_clients)
-    assert undo_failed_run(fleet_clients, plan, health_timeout=60, poll_interval=0.05) == ["nothing to undo"]
+    assert undo_failed_run(fleet_clients, plan, poll_interval=0.05) == ["nothing to undo"]
     assert group_names(fleet_clients) == ["shop-prod-v001"]
     assert size(fleet_clients, live_fleet.name) == LIVE_CAPACITY
 
@@ -402,7 +402,7 @@ def test_undo_of_a_first_deploy_that_never_became_healthy_deletes_it(
     fleet_clients.ec2.stop_instances(InstanceIds=new.instance_ids)
     assert healthy_target_ids(fleet_clients, demo_network.target_group_arn) == set()
 
-    actions = undo_failed_run(fleet_clients, plan, health_timeout=60, poll_interval=0.05)
+    actions = undo_failed_run(fleet_clients, plan, poll_interval=0.05)
 
     assert f"deleted {new.name}" in actions
     assert group_names(fleet_clients) == []
@@ -415,7 +415,7 @@ def test_undo_leaves_groups_of_other_runs_alone(
     other = planned(fleet_clients, run_id="manual__other")
     launch_fleet(fleet_clients, other, BASE_IMAGE)
 
-    undo_failed_run(fleet_clients, plan, health_timeout=60, poll_interval=0.05)
+    undo_failed_run(fleet_clients, plan, poll_interval=0.05)
 
     assert group_names(fleet_clients) == ["shop-prod-v001", "shop-prod-v002"]
     v002 = raw_group(fleet_clients, "shop-prod-v002")

@@ -220,9 +220,10 @@ class _TargetGroupWaitOperator(_ImmutableWaitOperator):
 class HealthGateOperator(_TargetGroupWaitOperator):
     """Wait until every instance (given, or of `group_name`) is healthy in every target group.
 
-    Fails as soon as one is unhealthy, naming it and AWS's reason, unless `fail_fast=False`
-    (then only the timeout fails it). The timeout defaults to what the groups' health check
-    settings need. Returns the instance ids.
+    Fails as soon as one is unhealthy after its Auto Scaling group's health check grace period
+    (counted from its launch), naming it and AWS's reason, unless `fail_fast=False` (then only the
+    timeout fails it). The timeout defaults to what the groups' health check settings need.
+    Returns the instance ids.
     """
 
     kind = "healthy"
@@ -236,7 +237,17 @@ class HealthGateOperator(_TargetGroupWaitOperator):
         instance_ids = self._instance_ids()
         if instance_ids is None:
             raise InvalidInput("instance_ids", "give instance_ids or group_name for the health gate")
-        return {"target_group_arns": self._arns(), "instance_ids": instance_ids, "fail_fast": self.fail_fast}
+        args: dict[str, Any] = {
+            "target_group_arns": self._arns(),
+            "instance_ids": instance_ids,
+            "fail_fast": self.fail_fast,
+        }
+        if self.fail_fast:
+            # Read once, here: the blocking wait and the trigger then judge the same deadlines.
+            args["grace_ends"] = waits.health_check_grace_ends(
+                self.client("autoscaling"), self.client("ec2"), instance_ids
+            )
+        return args
 
     def default_timeout(self) -> float:
         return waits.health_gate_timeout(self.client("elbv2"), self._arns())

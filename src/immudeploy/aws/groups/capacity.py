@@ -16,7 +16,10 @@ from immudeploy.core.plan import Capacity, ServerGroup
 
 log = logging.getLogger(__name__)
 
-# Processes that would add, remove or move instances behind the deployment's back during a swap.
+# Processes that would add, remove or move instances behind the deployment's back during a swap:
+# AlarmNotification holds the scaling policies (their alarms), ScheduledActions the schedules, which
+# set min, max and desired outright and so would undo a pin. Suspended on both groups while the swap
+# runs (pin_capacity, launch_server_group); restore_capacity (finish_swap, undo, repair) resumes them.
 SWAP_SUSPENDED_PROCESSES = ("AZRebalance", "AlarmNotification", "ScheduledActions")
 
 # set_instance_protection accepts at most 50 instance ids per call.
@@ -42,12 +45,20 @@ def _set_restore_tag(clients: AwsApi, group_name: str, capacity: Capacity) -> No
 
 
 def pin_capacity(clients: AwsApi, group_name: str, capacity: Capacity) -> ServerGroup:
-    """Fix min = max = desired = capacity.desired, remembering the group's size before the first pin."""
+    """Fix min = max = desired = capacity.desired, remembering the group's size before the first pin.
+
+    Also suspends SWAP_SUSPENDED_PROCESSES: a scheduled action would otherwise set the group's
+    min/max/desired over the pin and could shrink the serving fleet in the middle of the swap.
+    """
     raw = require_group(clients, group_name)
     if TAG_RESTORE_CAPACITY not in from_aws_tags(raw.get("Tags")):
         # Only the first pin records: a retry must not record the pinned size as the original.
         original = Capacity(raw["MinSize"], raw["MaxSize"], raw["DesiredCapacity"])
         _set_restore_tag(clients, group_name, original)
+    # Suspended before the pin: a schedule firing in between would otherwise overwrite it.
+    suspended = {p["ProcessName"] for p in raw.get("SuspendedProcesses", [])}
+    if not set(SWAP_SUSPENDED_PROCESSES) <= suspended:
+        suspend(clients, group_name, SWAP_SUSPENDED_PROCESSES)
     pinned = capacity.pinned()
     clients.autoscaling.update_auto_scaling_group(
         AutoScalingGroupName=group_name,
@@ -55,7 +66,9 @@ def pin_capacity(clients: AwsApi, group_name: str, capacity: Capacity) -> Server
         MaxSize=pinned.max,
         DesiredCapacity=pinned.desired,
     )
-    log.info("Pinned %s at %d instances", group_name, pinned.desired)
+    log.info(
+        "Pinned %s at %d instances, its scaling policies and schedules suspended", group_name, pinned.desired
+    )
     return to_server_group(clients, require_group(clients, group_name))
 
 

@@ -27,6 +27,7 @@ from immudeploy.aws.groups.inventory import (
     raw_groups_of,
     to_server_group,
 )
+from immudeploy.aws.groups.setup import GroupSetup, apply_group_setup
 from immudeploy.core.errors import DeployError, InvalidInput
 from immudeploy.core.naming import (
     TAG_DEPLOY_ID,
@@ -60,7 +61,11 @@ TARGET_GROUP_ARN_PATTERN = (
 
 @dataclass
 class LaunchSpec:
-    """Everything a new server group is made from; `capacity` is the live group's (or the first deploy's)."""
+    """Everything a new server group is made from; `capacity` is the live group's (or the first deploy's).
+
+    `setup` is how it scales, is scheduled, hooked, health-checked and tagged: the live group's
+    (immudeploy.aws.groups.setup.setup_for_new_group), or the configured defaults.
+    """
 
     app: str
     environment: str
@@ -74,9 +79,9 @@ class LaunchSpec:
     capacity: Capacity
     ssm_config_path: str
     cache_key_prefix: str
-    health_check_grace_period: int = 0
     iam_instance_profile: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    setup: GroupSetup = field(default_factory=GroupSetup)
 
     def validate(self) -> None:
         """Raise InvalidInput before anything in AWS changes; these values end up in user data and tags."""
@@ -100,8 +105,9 @@ class LaunchSpec:
             raise InvalidInput("capacity", f"must be a Capacity, got {type(self.capacity).__name__}")
         if self.capacity.desired < 1:
             raise InvalidInput("capacity", "a new server group needs at least one instance")
-        if not isinstance(self.health_check_grace_period, int) or self.health_check_grace_period < 0:
-            raise InvalidInput("health_check_grace_period", "must be an integer >= 0 (seconds)")
+        if not isinstance(self.setup, GroupSetup):
+            raise InvalidInput("setup", f"must be a GroupSetup, got {type(self.setup).__name__}")
+        self.setup.validate()
         for key in self.tags:
             if key.startswith(("immutable:", "aws:")):
                 raise InvalidInput("tags", f"{key!r}: the immutable: and aws: prefixes are reserved")
@@ -236,12 +242,20 @@ def _ensure_launch_template(clients: AwsApi, name: str, spec: LaunchSpec) -> str
 
 
 def _group_tags(name: str, spec: LaunchSpec) -> list[dict[str, Any]]:
-    propagated = [
-        {"Key": key, "Value": value, "PropagateAtLaunch": True}
-        for key, value in sorted(_resource_tags(spec).items())
+    """This tool's tags over the inherited ones; on the group from the start, so they reach every instance."""
+    tags = {tag.key: (tag.value, tag.propagate_at_launch) for tag in spec.setup.tags}
+    tags.update((key, (value, True)) for key, value in _resource_tags(spec).items())
+    tags[TAG_RESTORE_CAPACITY] = (spec.capacity.to_tag(), False)
+    return [
+        {
+            "ResourceId": name,
+            "ResourceType": "auto-scaling-group",
+            "Key": key,
+            "Value": value,
+            "PropagateAtLaunch": propagate,
+        }
+        for key, (value, propagate) in sorted(tags.items())
     ]
-    pinned = [{"Key": TAG_RESTORE_CAPACITY, "Value": spec.capacity.to_tag(), "PropagateAtLaunch": False}]
-    return [{"ResourceId": name, "ResourceType": "auto-scaling-group", **tag} for tag in propagated + pinned]
 
 
 def _group_for_deploy(clients: AwsApi, spec: LaunchSpec) -> dict[str, Any] | None:
@@ -263,6 +277,8 @@ def launch_server_group(clients: AwsApi, spec: LaunchSpec) -> ServerGroup:
 
     A retry (same spec.deploy_id) returns the group its first attempt made: moto and the
     instance APIs ignore client tokens, so the deploy-id tag is the idempotency key.
+    The group is created with spec.setup's attributes, lifecycle hooks and tags; its scaling
+    policies, alarms, scheduled actions and metrics follow once its swap processes are suspended.
     """
     spec.validate()
     existing = _group_for_deploy(clients, spec)
@@ -273,6 +289,9 @@ def launch_server_group(clients: AwsApi, spec: LaunchSpec) -> ServerGroup:
         # the group may not have suspended its processes yet.
         if TAG_RESTORE_CAPACITY in from_aws_tags(existing.get("Tags")):
             suspend(clients, name, SWAP_SUSPENDED_PROCESSES)
+            # ... nor have given it its setup; every part of that is put by name, so again is harmless.
+            # Not once the swap finished (no restore tag): the setup was applied before that.
+            apply_group_setup(clients, name, spec.setup)
         return to_server_group(clients, describe_raw_group(clients, name) or existing)
 
     name = str(_claim_name(clients, spec))
@@ -291,8 +310,8 @@ def launch_server_group(clients: AwsApi, spec: LaunchSpec) -> ServerGroup:
         "MaxSize": pinned.max,
         "DesiredCapacity": pinned.desired,
         "VPCZoneIdentifier": ",".join(spec.subnet_ids),
-        "HealthCheckType": "ELB" if spec.target_group_arns else "EC2",
-        "HealthCheckGracePeriod": spec.health_check_grace_period,
+        # Health checks, termination policies, warmup, rebalance, maintenance policy, lifecycle hooks.
+        **spec.setup.creation_arguments(),
         # Belt and braces with the pinned size: no scale-in may pick a new instance mid-swap.
         "NewInstancesProtectedFromScaleIn": True,
         "Tags": _group_tags(name, spec),
@@ -313,6 +332,9 @@ def launch_server_group(clients: AwsApi, spec: LaunchSpec) -> ServerGroup:
         spec.deploy_id,
     )
     suspend(clients, name, SWAP_SUSPENDED_PROCESSES)
+    # Only now: with ScheduledActions and AlarmNotification suspended, no schedule or alarm can
+    # resize the group before the swap ends (finish_swap resumes them).
+    apply_group_setup(clients, name, spec.setup)
     described = describe_server_group(clients, name)
     if described is None:
         raise DeployError(f"server group {name} vanished right after it was created")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 
 from botocore.exceptions import ClientError
 
@@ -18,8 +19,9 @@ from immudeploy.aws.groups.inventory import (
     raw_groups_of,
 )
 from immudeploy.aws.groups.traffic import detach_server_group
-from immudeploy.aws.target_health import registered_target_ids
-from immudeploy.core.errors import InvalidInput
+from immudeploy.aws.target_health import registered_targets
+from immudeploy.core.errors import DeployError, InvalidInput
+from immudeploy.core.naming import listed, target_group_label
 from immudeploy.core.plan import ServerGroup
 
 log = logging.getLogger(__name__)
@@ -70,40 +72,44 @@ def retire_server_groups(
     keep: int,
     current_group_name: str,
     target_group_arns: list[str],
+    *,
+    also_delete: Sequence[str] = (),
 ) -> list[str]:
     """Delete this app/env's old groups except the current one and the newest `keep` disabled ones.
 
-    Never deletes a group attached to any target group, nor one with an instance still registered
-    in `target_group_arns` (e.g. still draining): those wait for the next retire. Also deletes
-    launch templates that a crashed launch left without a group (older than the current group).
-    Returns the deleted group names.
+    Every other group (and each of `also_delete`, whatever the retention) is deleted, or the call
+    fails: after deleting all it can, it raises DeployError naming each group it could not delete
+    and why. A group still attached to a target group, or with an instance still registered in
+    `target_group_arns` (e.g. still draining), is not deleted (that would cut requests) and is such
+    a failure, as is a delete AWS refuses. Also deletes launch templates that a crashed launch left
+    without a group (older than the current group). Returns the deleted group names.
     """
     if not isinstance(keep, int) or keep < 0:
         raise InvalidInput("keep", f"must be an integer >= 0, got {keep!r}")
     current = parse_group_name(current_group_name)
-    registered = registered_target_ids(clients, target_group_arns)
-    candidates: list[ServerGroup] = []
-    for group in find_server_groups(clients, app, environment):
-        if group.name == current_group_name:
-            continue
-        if group.target_group_arns:
-            log.warning(
-                "Not retiring %s: still attached to %s", group.name, ", ".join(group.target_group_arns)
-            )
-            continue
-        serving = registered & set(group.instance_ids)
-        if serving:
-            log.warning("Not retiring %s: %d instances still registered as targets", group.name, len(serving))
-            continue
-        candidates.append(group)
-    candidates.sort(key=lambda group: group.sequence, reverse=True)
-    kept, doomed = candidates[:keep], candidates[keep:]
+    registered = registered_targets(clients, target_group_arns)
+    old_groups = [g for g in find_server_groups(clients, app, environment) if g.name != current_group_name]
+    unretirable = {g.name: reason for g in old_groups if (reason := _still_serving(g, registered))}
+    retainable = [g for g in old_groups if g.name not in unretirable and g.name not in also_delete]
+    retainable.sort(key=lambda group: group.sequence, reverse=True)
+    kept = {group.name for group in retainable[:keep]}
     if kept:
-        log.info("Keeping disabled for rollback: %s", ", ".join(group.name for group in kept))
-    deleted = []
-    for group in doomed:
-        if delete_server_group(clients, group.name):
-            deleted.append(group.name)
+        log.info("Keeping disabled for rollback: %s", ", ".join(sorted(kept)))
+    deleted: list[str] = []
+    failures: dict[str, str] = {}
+    for group in sorted(old_groups, key=lambda group: group.sequence):
+        if group.name in kept:
+            continue
+        if group.name in unretirable:
+            failures[group.name] = unretirable[group.name]
+            continue
+        try:
+            if delete_server_group(clients, group.name):
+                deleted.append(group.name)
+        except ClientError as error:
+            failures[group.name] = f"AWS refused to delete it: {error}"
+        except DeployError as error:
+            failures[group.name] = str(error)
     group_names = {
         raw["AutoScalingGroupName"] for raw in raw_groups_of(clients, app, environment, include_deleting=True)
     }
@@ -113,4 +119,21 @@ def retire_server_groups(
         if name not in group_names and parsed.sequence < current.sequence:
             log.info("Deleting orphaned launch template %s", name)
             delete_launch_template(clients, name)
+    if failures:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in failures.items())
+        raise DeployError(
+            f"could not retire {len(failures)} old server group(s), left running: {reasons}"
+            + (f" (deleted {', '.join(deleted)})" if deleted else "")
+        )
     return deleted
+
+
+def _still_serving(group: ServerGroup, registered: Mapping[str, list[str]]) -> str | None:
+    """Why deleting the group now would cut requests, or None."""
+    if group.target_group_arns:
+        labels = ", ".join(target_group_label(arn) for arn in group.target_group_arns)
+        return f"still attached to target group(s) {labels}"
+    serving = [f"{iid} ({', '.join(registered[iid])})" for iid in group.instance_ids if iid in registered]
+    if serving:
+        return f"{len(serving)} instance(s) still registered as targets: {listed(serving)}"
+    return None
