@@ -7,6 +7,7 @@ from airflow.sdk import DAG, Param
 
 from immudeploy.airflow.params import DEFAULT_ARGS, POLL_SECONDS
 from immudeploy.airflow.tasks import nightly_timetable, plan_nightly
+from immudeploy.core.naming import TARGET_PATTERN
 
 with DAG(
     dag_id="immutable_nightly_rebuild",
@@ -20,7 +21,7 @@ with DAG(
         "targets": Param(
             None,
             type=["null", "array"],
-            items={"type": "string", "pattern": r"^[a-z][a-z0-9]*/[a-z][a-z0-9]*$"},
+            items={"type": "string", "pattern": TARGET_PATTERN},
             description='Manual runs only: rebuild just these "app/environment" targets.',
         )
     },
@@ -31,6 +32,9 @@ Scheduled from each opted-in environment's `nightly.schedule` (configuration fil
 that is due, it reads the live server group's version and triggers `immutable_deploy` for that same
 version: the bake resolves the newest base image, so a new base means a new image; the release goes
 through the same staging, cutover, drain and teardown phases, under the same per-target lock.
+Each triggered run carries the live group and version seen here (`expect_live_group`,
+`expect_live_version`); its `prepare`, under the lock, skips the run without changing anything if
+another deploy has replaced them since.
 """,
 ):
     TriggerDagRunOperator.partial(

@@ -36,10 +36,14 @@ source "amazon-ebs" "aws" {
   ssh_interface = var.ssh_interface
   ssh_timeout   = "10m"
 
-  # IMDSv2 on the build instance is wanted (metadata_options { http_tokens = "required" }), but
-  # Packer 1.6.6 rejects that block ("Blocks of type metadata_options are not expected here";
-  # it arrived in 1.7), and one template must serve both versions. The fleet's launch template
-  # requires IMDSv2, and the boot script below uses IMDSv2 tokens either way.
+  # IMDSv2 on the build instance: Packer 1.6.6 (Debian 12's) has no way to ask for it; it rejects
+  # `metadata_options { http_tokens = "required" }` ("Blocks of type metadata_options are not
+  # expected here", checked with packer validate), which later amazon builders accept, and one
+  # template serves both. Where it matters, require IMDSv2 outside the template: the account's
+  # instance metadata defaults (aws ec2 modify-instance-metadata-defaults --http-tokens required)
+  # or a base image registered with ImdsSupport v2.0 (README, "What an instance needs on real
+  # AWS"). Nothing in the build reads instance metadata; the fleet's launch template requires
+  # IMDSv2, and immutable-fetch-config only uses IMDSv2 tokens.
 
   ami_name        = var.ami_name
   ami_description = local.ami_description
@@ -67,10 +71,23 @@ build {
   sources = ["source.amazon-ebs.aws", "source.amazon-ebs.local"]
 
   # Every provisioner is restricted to the SSH source: amazon-ebs.local has no communicator.
+  # The boot-time units and their fetcher (installed by scripts/install-service.sh from /tmp).
   provisioner "file" {
     only        = ["amazon-ebs.aws"]
     source      = "${path.root}/files/immutable-fetch-config"
     destination = "/tmp/immutable-fetch-config"
+  }
+
+  provisioner "file" {
+    only        = ["amazon-ebs.aws"]
+    source      = "${path.root}/files/app-config.service"
+    destination = "/tmp/app-config.service"
+  }
+
+  provisioner "file" {
+    only        = ["amazon-ebs.aws"]
+    source      = "${path.root}/files/app.service"
+    destination = "/tmp/app.service"
   }
 
   provisioner "shell" {

@@ -1,55 +1,37 @@
 #!/usr/bin/env bash
-# Provisioner (amazon-ebs.aws only): install the boot-time config fetcher and the systemd units.
-# At boot, $APP-config.service reads /etc/immutable/release.env (IMMUTABLE_SSM_PATH,
-# IMMUTABLE_CACHE_PREFIX), fetches that SSM path into /run/$APP/config.env, and $APP.service
-# starts with both files as its environment. The user data must write release.env with
-# cloud-config write_files: that runs in cloud-init.service, before network-online.target.
-# (A shell-script user data runs in cloud-final, after multi-user.target; it must then end with
-# `systemctl restart $APP.service`.) A missing file or a failed fetch fails the units loudly:
-# the instance never turns healthy and the deployment's health gate stops the rollout.
+# Provisioner (amazon-ebs.aws only): install the boot-time config fetcher and the systemd units
+# (files/app-config.service, files/app.service, with @APP@ replaced by $APP).
+#
+# The boot contract with the deployment's user data (cloud-config, rendered by
+# immudeploy.aws.groups.launch.release_user_data): cloud-init's `write_files` writes
+# /etc/immutable/release.env (IMMUTABLE_SSM_PATH, IMMUTABLE_CACHE_PREFIX, ...) in
+# cloud-init.service, before network-online.target; $APP-config.service is ordered after
+# cloud-init.service and fetches that SSM path into /run/$APP/config.env; $APP.service starts
+# after it with both files as its environment. No shell-script user data: that runs in
+# cloud-final, after the units have already failed for lack of release.env.
+#
+# IMMUTABLE_ROOT installs into another root instead (the unit tests verify the installed units
+# there with systemd-analyze); FILES is where the file provisioners put the sources.
 set -euxo pipefail
 
 : "${APP:?}"
+root="${IMMUTABLE_ROOT:-}"
+files="${FILES:-/tmp}"
+if [[ ! "$APP" =~ ^[a-z][a-z0-9]*$ ]]; then
+  echo "APP must be lower-case letters and digits, got '$APP'" >&2
+  exit 1
+fi
 
-install -m 0755 /tmp/immutable-fetch-config /usr/local/bin/immutable-fetch-config
-rm -f /tmp/immutable-fetch-config
-install -d -m 0755 /etc/immutable
+install -D -m 0755 "$files/immutable-fetch-config" "$root/usr/local/bin/immutable-fetch-config"
+install -d -m 0755 "$root/etc/immutable" "$root/etc/systemd/system"
+sed "s/@APP@/$APP/g" "$files/app-config.service" >"$root/etc/systemd/system/$APP-config.service"
+sed "s/@APP@/$APP/g" "$files/app.service" >"$root/etc/systemd/system/$APP.service"
+chmod 0644 "$root/etc/systemd/system/$APP-config.service" "$root/etc/systemd/system/$APP.service"
 
-cat >"/etc/systemd/system/$APP-config.service" <<UNIT
-[Unit]
-Description=Fetch $APP configuration from SSM Parameter Store
-Wants=network-online.target
-After=network-online.target cloud-init.service
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-EnvironmentFile=/etc/immutable/release.env
-ExecStart=/usr/local/bin/immutable-fetch-config /run/$APP/config.env
-
-[Install]
-WantedBy=multi-user.target
-UNIT
-
-cat >"/etc/systemd/system/$APP.service" <<UNIT
-[Unit]
-Description=$APP
-Requires=$APP-config.service
-After=$APP-config.service
-
-[Service]
-User=$APP
-Group=$APP
-WorkingDirectory=/opt/$APP/current
-EnvironmentFile=/etc/immutable/release.env
-EnvironmentFile=/run/$APP/config.env
-ExecStart=/opt/$APP/current/bin/start
-Restart=always
-RestartSec=2
-
-[Install]
-WantedBy=multi-user.target
-UNIT
-
-systemctl daemon-reload
-systemctl enable "$APP-config.service" "$APP.service"
+if [[ -n "$root" ]]; then
+  systemctl --root="$root" enable "$APP-config.service" "$APP.service"
+else
+  rm -f "$files/immutable-fetch-config" "$files/app-config.service" "$files/app.service"
+  systemctl daemon-reload
+  systemctl enable "$APP-config.service" "$APP.service"
+fi

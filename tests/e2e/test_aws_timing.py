@@ -102,6 +102,9 @@ def test_both_fleets_serve_while_the_old_one_drains_and_capacity_never_drops(
 ) -> None:
     write_config(tmp_path, monkeypatch)
     old = live_of(size)
+    # Draining runs the whole deregistration delay, not the idle tenth of it: ten times longer on
+    # the time scale, so the sampler sees it even on a busy machine.
+    aws.standin.set_target_group(demo_network.target_group_arn, drain_fraction=1.0)
     with HealthySampler(fleet_clients.elbv2, demo_network.target_group_arn) as sampler:
         run = load_dag("immutable_deploy").test(
             run_conf={"app": APP, "environment": ENVIRONMENT, "version": "2.0.0"}
@@ -193,10 +196,11 @@ def test_the_drain_sensor_waits_until_the_old_targets_left_not_while_they_are_st
 ) -> None:
     live_of(3)
     aws.standin.configure(time_scale=0.1)  # detach takes effect 0.2 s later; draining 10% of 30 s = 0.3 s
+    # Counted from the detach call: the targets cannot have left before 0.2 + 0.3 s after it.
+    started = time.monotonic()
     old = _detach_live(fleet_clients, demo_network)
     # AWS deregisters after the call returned: right now the old targets still look healthy.
     assert _states(fleet_clients, demo_network.target_group_arn, old) == {"healthy"}
-    started = time.monotonic()
     _drain_sensor(demo_network, old).execute({})
     waited = time.monotonic() - started
     assert _states(fleet_clients, demo_network.target_group_arn, old) == set()

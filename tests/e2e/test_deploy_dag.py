@@ -438,7 +438,15 @@ def test_nightly_rebuild_rebakes_the_live_version_on_the_newest_base_image(
     clients = AwsClients()
     assert nightly_targets(clients, load_config(), datetime(2026, 11, 27, 4, 0, tzinfo=UTC)) == []
     tonight = nightly_targets(clients, load_config(), datetime(2026, 11, 27, 3, 0, tzinfo=UTC))
-    assert tonight == [{"app": APP, "environment": ENVIRONMENT, "version": "1.0.0"}]
+    assert tonight == [
+        {
+            "app": APP,
+            "environment": ENVIRONMENT,
+            "version": "1.0.0",
+            "expect_live_version": "1.0.0",
+            "expect_live_group": "shop-prod-v001",
+        }
+    ]
 
     # ... and what each of its triggered runs does.
     run = load_dag("immutable_deploy").test(run_conf=tonight[0])

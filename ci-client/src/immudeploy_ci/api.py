@@ -10,7 +10,7 @@ from __future__ import annotations
 import configparser
 import json
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,6 +281,19 @@ class AirflowApi:
         path = f"{self.run_path(dag_id, run_id)}/taskInstances/{quote(task_id, safe='')}/logs/{try_number}"
         body = self.get_json(path, full_content="true", map_index=map_index)
         return format_log_content(body.get("content") or [])
+
+    def successful_runs(self, dag_id: str, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """The DAG's successful runs, the most recently finished first, page by page."""
+        offset = 0
+        while True:
+            page = self.get_json(
+                self.run_path(dag_id), state="success", order_by="-end_date", limit=page_size, offset=offset
+            )
+            runs = page.get("dag_runs") or []
+            yield from runs
+            offset += len(runs)
+            if not runs or offset >= page.get("total_entries", 0):
+                return
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         path = f"{self.run_path(dag_id, run_id)}/taskInstances/{quote(task_id, safe='')}/xcomEntries/{key}"

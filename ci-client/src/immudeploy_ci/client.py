@@ -182,6 +182,66 @@ def run_and_follow(
     return EXIT_SUCCESS, summary if isinstance(summary, dict) else {}
 
 
+# --- the deploy record ------------------------------------------------------------------------------
+
+# The task of both DAGs that writes the deploy record; its XCom carries the target's recent record.
+RECORD_TASK_ID = "teardown.record_release"
+
+
+def latest_record(api: AirflowApi, app: str, environment: str) -> list[dict[str, Any]]:
+    """The deploy record of app/environment as the newest successful deploy or rollback left it.
+
+    The client has no AWS access: it reads the record_release XCom of the last finished run of that
+    target (newest entry first). Empty when Airflow has no such run (any more).
+    """
+    newest: tuple[str, str, str] | None = None
+    for dag_id in (DEPLOY_DAG_ID, ROLLBACK_DAG_ID):
+        for run in api.successful_runs(dag_id):
+            conf = run.get("conf") or {}
+            if conf.get("app") == app and conf.get("environment") == environment:
+                ended = str(run.get("end_date") or "")
+                if newest is None or ended > newest[0]:
+                    newest = (ended, dag_id, str(run["dag_run_id"]))
+                break  # the most recently finished run of this DAG for the target
+    if newest is None:
+        return []
+    value = api.xcom(newest[1], newest[2], RECORD_TASK_ID) or {}
+    history = value.get("history") if isinstance(value, dict) else None
+    return [entry for entry in history or [] if isinstance(entry, dict)]
+
+
+def record_lines(history: list[dict[str, Any]]) -> list[str]:
+    """One line per entry: when, version, how it got there, image, group, commit, run."""
+    lines = []
+    for entry in history:
+        how = str(entry.get("kind") or "deploy")
+        if how == "rollback":
+            how += f" from {entry.get('rolled_back_from_version')} ({entry.get('rolled_back_from_group')})"
+        lines.append(
+            f"{entry.get('recorded_at', '?')}  {entry.get('version', '?'):<16} {entry.get('image_id', '?')}  "
+            f"{entry.get('group', '?')}  {how}  git {entry.get('git_sha') or '-'}  run {entry.get('run_id', '?')}"
+        )
+    return lines
+
+
+def list_record(api: AirflowApi, app: str, environment: str, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    history = latest_record(api, app, environment)
+    if not history:
+        print(
+            f"no deploy record of {app}/{environment} in Airflow's run history "
+            "(no successful deploy or rollback of it since the record exists)",
+            file=out,
+        )
+        return EXIT_SUCCESS
+    print(
+        f"deploy record of {app}/{environment}, newest first (a rollback can name these versions):", file=out
+    )
+    for line in record_lines(history):
+        print(f"  {line}", file=out)
+    return EXIT_SUCCESS
+
+
 # --- command line ------------------------------------------------------------------------------------
 
 
@@ -211,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--git-sha", help="commit the release was built from")
     rollback = commands.add_parser("rollback", parents=[common], help=f"run {ROLLBACK_DAG_ID}")
     rollback.add_argument("--to-version", help="version to go back to (default: the one before the live one)")
+    rollback.add_argument(
+        "--list",
+        action="store_true",
+        help="print the deploy record (the versions --to-version can name) and trigger nothing",
+    )
     return parser
 
 
@@ -235,6 +300,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         credentials = resolve_credentials(args.url, args.credentials_file, environ)
         dag_id, conf = conf_from_args(args)
         api = AirflowApi(credentials)
+        if args.command == "rollback" and args.list:
+            return list_record(api, args.app, args.environment)
         code, _ = run_and_follow(
             api,
             dag_id,

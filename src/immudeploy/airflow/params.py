@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -13,6 +14,7 @@ from immudeploy.core.naming import (
     APP_PATTERN,
     ENVIRONMENT_PATTERN,
     GIT_SHA_PATTERN,
+    SERVER_GROUP_PATTERN,
     VERSION_PATTERN,
 )
 
@@ -29,11 +31,17 @@ DEFAULT_ARGS: dict[str, Any] = {
 
 
 def _configured_choices() -> tuple[list[str], list[str]]:
-    """Apps and environments of the (small, local) configuration file, for the trigger form's choices."""
+    """Apps and environments of the (small, local) configuration file, for the trigger form's choices.
+
+    Broken entries are offered too: their runs fail in `prepare` with the configuration's reason,
+    which says more than the form's "not one of the choices".
+    """
     from immudeploy.core.config import load_config
 
-    targets = load_config().environments
-    return sorted({app for app, _ in targets}), sorted({env for _, env in targets})
+    targets = load_config().targets()
+    apps = {app for app, _ in targets if re.fullmatch(APP_PATTERN, app)}
+    environments = {env for _, env in targets if env and re.fullmatch(ENVIRONMENT_PATTERN, env)}
+    return sorted(apps), sorted(environments)
 
 
 def deploy_params() -> dict[str, Param]:
@@ -68,6 +76,19 @@ def deploy_params() -> dict[str, Param]:
             pattern=GIT_SHA_PATTERN,
             description="Commit the release was built from.",
         ),
+        # Set by the nightly rebuild: what it saw live when it planned, checked again under the lock.
+        "expect_live_version": Param(
+            None,
+            type=["null", "string"],
+            pattern=VERSION_PATTERN,
+            description="Deploy only if the live group still serves this version (else the run is skipped).",
+        ),
+        "expect_live_group": Param(
+            None,
+            type=["null", "string"],
+            pattern=SERVER_GROUP_PATTERN,
+            description="Deploy only if this server group is still the live one (else the run is skipped).",
+        ),
     }
 
 
@@ -80,6 +101,10 @@ def rollback_params() -> dict[str, Param]:
             None,
             type=["null", "string"],
             pattern=VERSION_PATTERN,
-            description="Version to roll back to; empty means the newest version before the live one.",
+            # A free string, not a choice list: params are built at parse time, and the record is in
+            # AWS, which a DAG file must not read then. prepare checks it against the record.
+            description="Version to roll back to, one the deploy record holds (`immudeploy-ci rollback "
+            "--list` prints them, the rollback's prepare log shows them); empty means the release "
+            "that served before the live one.",
         ),
     }

@@ -16,6 +16,7 @@ from immudeploy.airflow.tasks import (
     finish_swap,
     launch_staging,
     observe_window,
+    record_release,
     retire_old_fleets,
     run_staging_tests,
     staging_configured,
@@ -97,13 +98,20 @@ def swap_phases(plan: Any, make_launch: Callable[[], Any]) -> tuple[Any, list[An
         )
     with TaskGroup("observe", tooltip="Optional window: watch health and alarms before destroying"):
         observed = observe_window(plan, group_name)
-    with TaskGroup("teardown", tooltip="Restore autoscaling, delete old groups and unused images"):
+    with TaskGroup(
+        "teardown", tooltip="Record the release, restore autoscaling, delete old groups and images"
+    ):
+        # Recorded once the release stands, after the observation window rather than right after the
+        # drain: a release the window rejects is undone, and an entry is what a later rollback goes
+        # back to and what image retention keeps. Beside finish_swap, not before it: a record that
+        # cannot be written must not leave the new group pinned. Before retire: retention reads it.
+        recorded = record_release(plan, group_name)
         finished = finish_swap(plan, group_name)
         retired = retire_old_fleets(plan, group_name)
-        finished >> retired
+        [recorded, finished] >> retired
     group_name >> in_service >> attached
     healthy >> detached
-    drained >> observed >> finished
+    drained >> observed >> [recorded, finished]
     # Failures up to the end of the observation window are undone; after it the release stands.
     steps = [group_name, in_service, attached, healthy, detached, drained, observed]
     return group_name, steps, retired, finished

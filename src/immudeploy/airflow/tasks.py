@@ -30,6 +30,9 @@ PHASES = (
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Entries of the deploy record a record_release task returns (and `immudeploy-ci rollback --list` shows).
+RECORD_SHOWN = 20
+
 
 def fails_at_once_on_bad_input(function: F) -> F:
     """Bad conf or configuration is not fixed by a retry: fail the task without retrying."""
@@ -89,19 +92,29 @@ def _plan_under_lock(app: str, environment: str, make_plan: Any) -> dict[str, An
 @task(multiple_outputs=False)
 @fails_at_once_on_bad_input
 def prepare() -> dict[str, Any]:
-    """Check the run's conf, take the app/environment lock, read the live group and plan the run."""
+    """Check the run's conf, take the app/environment lock, read the live group and plan the run.
+
+    A nightly rebuild whose target was deployed since it looked is skipped, and so is the rest of
+    the run: nothing changed, and the lock is already given back.
+    """
+    from airflow.sdk.exceptions import AirflowSkipException
+
     from immudeploy.core.config import load_config
     from immudeploy.release.deploy import plan_deploy, validate_deploy_params
+    from immudeploy.release.nightly import LiveChanged
 
     context = get_current_context()
     checked = validate_deploy_params(dict(context["params"]))
-    return _plan_under_lock(
-        checked["app"],
-        checked["environment"],
-        lambda clients: plan_deploy(
-            clients, load_config(), checked, context["dag"].dag_id, context["run_id"]
-        ),
-    )
+    try:
+        return _plan_under_lock(
+            checked["app"],
+            checked["environment"],
+            lambda clients: plan_deploy(
+                clients, load_config(), checked, context["dag"].dag_id, context["run_id"]
+            ),
+        )
+    except LiveChanged as changed:
+        raise AirflowSkipException(f"{checked['app']}/{checked['environment']}: {changed}") from changed
 
 
 @task(task_id="prepare", multiple_outputs=False)
@@ -282,6 +295,22 @@ def finish_swap(plan: dict[str, Any], group_name: str) -> dict[str, int]:
 
 @task(multiple_outputs=False)
 @fails_at_once_on_bad_input
+def record_release(plan: dict[str, Any], group_name: str) -> dict[str, Any]:
+    """Writes the release that now serves (or the rollback and what it left) into the deploy record.
+
+    Returns the entry and the target's recent record (what `immudeploy-ci rollback --list` prints).
+    """
+    from immudeploy.aws.deploy_record import record_served_release, release_history
+
+    deploy = _plan(plan)
+    with _locked(plan) as clients:
+        entry = record_served_release(clients, deploy, group_name)
+        history = release_history(clients.dynamodb, deploy.app, deploy.environment, limit=RECORD_SHOWN)
+    return {"recorded": entry.to_json(), "history": [release.to_json() for release in history]}
+
+
+@task(multiple_outputs=False)
+@fails_at_once_on_bad_input
 def retire_old_fleets(plan: dict[str, Any], group_name: str) -> dict[str, Any]:
     """Deletes old groups and their launch templates beyond the kept ones, and unused old images."""
     from immudeploy.release.deploy import retire
@@ -392,10 +421,11 @@ def plan_nightly() -> list[dict[str, str]]:
     confs = nightly_targets(_clients(), load_config(), due_at, only)
     for conf in confs:
         log.info(
-            "Rebuilding %s/%s at %s on the newest base image",
+            "Rebuilding %s/%s at %s on the newest base image, if %s still serves it when the deploy starts",
             conf["app"],
             conf["environment"],
             conf["version"],
+            conf["expect_live_group"],
         )
     if not confs:
         log.info("No target is due for a nightly rebuild")

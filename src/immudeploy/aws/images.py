@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -18,6 +19,7 @@ from immudeploy.aws.groups.inventory import (
 from immudeploy.core.errors import DeployError, InvalidInput
 from immudeploy.core.naming import (
     TAG_APP,
+    TAG_ENVIRONMENT,
     TAG_VERSION,
     from_aws_tags,
     validate_app,
@@ -74,25 +76,37 @@ def _images_of_live_instances(clients: AwsApi, image_ids: list[str]) -> set[str]
     return {i["ImageId"] for page in pages for r in page["Reservations"] for i in r["Instances"]}
 
 
-def delete_unused_images(clients: AwsApi, app: str, keep: int) -> list[str]:
-    """Deregister this app's images (and their snapshots) beyond the newest `keep` that nothing uses.
+def delete_unused_images(clients: AwsApi, app: str, keep: int, recorded: Collection[str] = ()) -> list[str]:
+    """Deregister this app's images (and their snapshots) beyond the newest `keep` of each environment.
 
-    "Used" means named by any version of any group's launch template in the region, or running
-    an instance. `keep` is at least 1: the newest image may be baked but not launched yet.
+    Counted per environment (the image's immutable:environment tag): a burst of qa bakes never pushes
+    prod's images out. Never deleted: an image in `recorded` (the caller passes the images of the last
+    `keep` entries of every environment's deploy record: what a rollback would go to), one named by
+    any version of any group's launch template in the region, or one running an instance. `keep` is
+    at least 1: the newest image may be baked but not launched yet.
     """
     validate_app(app)
     if not isinstance(keep, int) or keep < 1:
         raise InvalidInput("keep", f"must be an integer >= 1, got {keep!r}")
     paginator = clients.ec2.get_paginator("describe_images")
     pages = paginator.paginate(Owners=["self"], Filters=[{"Name": f"tag:{TAG_APP}", "Values": [app]}])
-    images = [image for page in pages for image in page["Images"]]
-    # CreationDate has one-second resolution: the name (which a bake makes unique) breaks ties.
-    images.sort(key=lambda image: (image.get("CreationDate", ""), image.get("Name", "")), reverse=True)
-    beyond = images[keep:]
+    by_environment: dict[str, list[dict[str, Any]]] = {}
+    for page in pages:
+        for image in page["Images"]:
+            environment = from_aws_tags(image.get("Tags")).get(TAG_ENVIRONMENT, "")
+            by_environment.setdefault(environment, []).append(image)
+    beyond = []
+    for images in by_environment.values():
+        # CreationDate has one-second resolution: the name (which a bake makes unique) breaks ties.
+        images.sort(key=lambda image: (image.get("CreationDate", ""), image.get("Name", "")), reverse=True)
+        beyond.extend(images[keep:])
     in_use = set(images_in_use(clients)) | _images_of_live_instances(clients, [i["ImageId"] for i in beyond])
     deleted: list[str] = []
     for image in beyond:
         image_id = image["ImageId"]
+        if image_id in recorded:
+            log.info("Keeping image %s: a rollback target in the deploy record", image_id)
+            continue
         if image_id in in_use:
             log.info("Keeping image %s: still in use", image_id)
             continue
@@ -127,11 +141,20 @@ def require_image(ec2: Any, image_id: str, app: str, field_name: str) -> dict[st
 
 
 def previous_version_image(
-    ec2: Any, app: str, current_version: str | None, to_version: str | None
+    ec2: Any, app: str, environment: str, current_version: str | None, to_version: str | None
 ) -> dict[str, Any]:
+    """The newest image of this app baked for this environment, of `to_version` or another version.
+
+    Only for targets the deploy record knows nothing about (deployed before it existed): it cannot
+    tell an image whose deploy failed from one that served, but never crosses environments.
+    """
     images = ec2.describe_images(
         Owners=["self"],
-        Filters=[{"Name": f"tag:{TAG_APP}", "Values": [app]}, {"Name": "state", "Values": ["available"]}],
+        Filters=[
+            {"Name": f"tag:{TAG_APP}", "Values": [app]},
+            {"Name": f"tag:{TAG_ENVIRONMENT}", "Values": [environment]},
+            {"Name": "state", "Values": ["available"]},
+        ],
     ).get("Images", [])
     candidates = []
     for image in images:
@@ -142,7 +165,7 @@ def previous_version_image(
             candidates.append(image)
     if not candidates:
         wanted = f"version {to_version}" if to_version else f"a version other than {current_version}"
-        raise DeployError(f"no image of {app} with {wanted} to roll back to")
+        raise DeployError(f"no image of {app} in {environment} with {wanted} to roll back to")
     return max(candidates, key=lambda image: image.get("CreationDate", ""))
 
 

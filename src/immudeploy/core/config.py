@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +13,14 @@ from typing import Any
 import yaml
 
 from immudeploy.core.errors import InvalidInput
-from immudeploy.core.naming import validate_ami_id, validate_app, validate_environment
+from immudeploy.core.naming import (
+    staging_environment,
+    validate_ami_id,
+    validate_app,
+    validate_environment,
+)
+
+log = logging.getLogger(__name__)
 
 CONFIG_ENV_VAR = "IMMUDEPLOY_CONFIG"
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -23,6 +32,20 @@ DEFAULT_HEALTH_CHECK_TYPE = "ELB"
 DEFAULT_HEALTH_CHECK_GRACE_PERIOD_SECONDS = 300
 # Auto Scaling's health check types; EC2 is always on, the others combine ("ELB,EBS").
 HEALTH_CHECK_TYPES = ("EC2", "ELB", "EBS", "VPC_LATTICE")
+# An instance profile by name, or by ARN (IAM's character set; paths allowed in the ARN).
+INSTANCE_PROFILE_NAME_PATTERN = r"^[\w+=,.@-]{1,128}$"
+INSTANCE_PROFILE_ARN_PATTERN = (
+    r"^arn:aws[a-z-]*:iam::\d{12}:instance-profile/([\w+=,.@-]+/)*[\w+=,.@-]{1,128}$"
+)
+# EC2 key pair names: up to 255 ASCII characters; printable only, they end up in a launch template.
+KEY_NAME_PATTERN = r"^[\x21-\x7e][\x20-\x7e]{0,254}$"
+# A secret runtime setting is a reference, never a value: an existing SSM parameter (a
+# SecureString, read with decryption when the release is published) or a variable of the
+# worker's environment. The configuration file holds no secret.
+SECRET_REF_PATTERN = r"^(ssm:/[A-Za-z0-9_.\-/]{1,1010}|env:[A-Za-z_][A-Za-z0-9_]{0,254})$"
+# The one placeholder of `release_url`: the bake installs the artifact of the version it builds.
+RELEASE_URL_VERSION = "{version}"
+DEFAULT_NIGHTLY_SCHEDULE = "0 3 * * *"
 
 
 @dataclass(frozen=True)
@@ -82,6 +105,13 @@ class EnvironmentConfig:
     # (immudeploy.aws.groups.setup.setup_for_new_group).
     health_check_type: str | None = None
     health_check_grace_period_seconds: int | None = None
+    # Name -> reference (`ssm:/path`, `env:VAR`); resolved only when the release config is published.
+    secret_runtime_config: Mapping[str, str] = field(default_factory=dict)
+    # The instances' instance profile (name or ARN): on real AWS they need it to read their
+    # configuration. None: no profile (a local stand-in needs none).
+    iam_instance_profile: str | None = None
+    # An EC2 key pair for SSH; None: no key.
+    key_name: str | None = None
 
     @property
     def target(self) -> str:
@@ -92,16 +122,36 @@ class EnvironmentConfig:
 class DeploymentConfig:
     path: Path
     environments: Mapping[tuple[str, str], EnvironmentConfig]
+    # What could not be read, by (app, environment), or (app, None) when the app entry itself is
+    # broken: kept, not raised, so one broken entry does not stop every other app's runs (or the
+    # DAGs from parsing); `get` raises it for the runs that ask for that entry.
+    errors: Mapping[tuple[str, str | None], InvalidInput] = field(default_factory=dict)
 
     def get(self, app: str, environment: str) -> EnvironmentConfig:
         try:
             return self.environments[(app, environment)]
         except KeyError:
-            known = ", ".join(f"{a}/{e}" for a, e in sorted(self.environments)) or "none"
+            pass
+        error = self.errors.get((app, environment)) or self.errors.get((app, None))
+        if error is not None:
             raise InvalidInput(
-                "app/environment",
-                f"{app}/{environment} is not configured in {self.path} (configured: {known})",
-            ) from None
+                error.field, f"{error.reason} (in {self.path}; {app}/{environment} cannot run)"
+            )
+        known = ", ".join(f"{a}/{e}" for a, e in sorted(self.environments)) or "none"
+        raise InvalidInput(
+            "app/environment",
+            f"{app}/{environment} is not configured in {self.path} (configured: {known})",
+        )
+
+    def targets(self) -> list[tuple[str, str | None]]:
+        """Every app/environment the file names, broken ones included (their runs fail with the reason)."""
+        return sorted({*self.environments, *self.errors}, key=lambda key: (key[0], key[1] or ""))
+
+    def check(self) -> DeploymentConfig:
+        """Raise the first error, for a caller that wants the whole file valid (a linter, a test)."""
+        for key in sorted(self.errors, key=lambda key: (key[0], key[1] or "")):
+            raise self.errors[key]
+        return self
 
     def nightly_targets(self) -> list[EnvironmentConfig]:
         return [env for key, env in sorted(self.environments.items()) if env.nightly]
@@ -190,7 +240,10 @@ _ENV_FIELDS = {
     "alarms",
     "nightly",
     "runtime_config",
+    "secret_runtime_config",
     "ssm_prefix",
+    "iam_instance_profile",
+    "key_name",
     "health_check_type",
     "health_check_grace_period_seconds",
 }
@@ -256,11 +309,18 @@ def _environment(app: str, app_reader: _Reader, name: str, data: Any, base_dir: 
         raise InvalidInput(f"{where}.runtime_config", "must map parameter names to plain values")
 
     nightly_reader = env.mapping("nightly")
-    nightly, schedule = False, "0 3 * * *"
+    nightly, schedule = False, DEFAULT_NIGHTLY_SCHEDULE
     if nightly_reader is not None:
         nightly_reader.unknown_keys({"enabled", "schedule"})
         nightly = nightly_reader.boolean("enabled", False)
-        schedule = nightly_reader.string("schedule", schedule)
+        schedule = _cron(nightly_reader, "schedule", schedule)
+
+    if staging is not None:
+        # Staging groups carry `{environment}stg` where the environment's own name goes.
+        validate_environment(
+            staging_environment(environment),
+            f"{where}.staging (its groups' environment name {staging_environment(environment)!r})",
+        )
 
     ssm_prefix = env.string("ssm_prefix", f"/immutable/{app}/{environment}")
     if not ssm_prefix.startswith("/") or " " in ssm_prefix:
@@ -271,7 +331,7 @@ def _environment(app: str, app_reader: _Reader, name: str, data: Any, base_dir: 
         environment=environment,
         packer_template=template,
         base_image=base_image,
-        release_url=app_reader.string("release_url", ""),
+        release_url=_release_url(app_reader, "release_url"),
         instance_type=env.string("instance_type", "t3.micro"),
         subnets=env.strings("subnets", required=True, non_empty=True),
         security_groups=env.strings("security_groups"),
@@ -295,7 +355,62 @@ def _environment(app: str, app_reader: _Reader, name: str, data: Any, base_dir: 
         runtime_config={k: str(v) for k, v in runtime.items()},
         health_check_type=_health_check_type(env, "health_check_type"),
         health_check_grace_period_seconds=env.integer("health_check_grace_period_seconds", None, minimum=0),
+        secret_runtime_config=_secret_runtime_config(env, runtime),
+        iam_instance_profile=_optional(env, "iam_instance_profile", validate_instance_profile),
+        key_name=_optional(env, "key_name", validate_key_name),
     )
+
+
+def validate_instance_profile(value: object, field_name: str) -> str:
+    """An instance profile's name or ARN."""
+    if not isinstance(value, str) or not (
+        re.fullmatch(INSTANCE_PROFILE_NAME_PATTERN, value)
+        or re.fullmatch(INSTANCE_PROFILE_ARN_PATTERN, value)
+    ):
+        raise InvalidInput(
+            field_name,
+            f"{value!r} is neither an instance profile name (letters, digits, +=,.@_-, up to 128) nor an "
+            "instance profile ARN (arn:aws:iam::123456789012:instance-profile/NAME)",
+        )
+    return value
+
+
+def validate_key_name(value: object, field_name: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(KEY_NAME_PATTERN, value):
+        raise InvalidInput(field_name, f"{value!r} is not an EC2 key pair name (printable ASCII, up to 255)")
+    return value
+
+
+def validate_secret_ref(value: object, field_name: str) -> str:
+    """`ssm:/name/of/a/SecureString` or `env:VARIABLE`; the error never repeats the value (it may be a secret)."""
+    if not isinstance(value, str) or not re.fullmatch(SECRET_REF_PATTERN, value):
+        raise InvalidInput(
+            field_name,
+            "a secret must be a reference, 'ssm:/name/of/an/existing/parameter' or 'env:VARIABLE' "
+            "(of the worker's environment), never the value itself",
+        )
+    return value
+
+
+def _optional(env: _Reader, key: str, check: Any) -> str | None:
+    value = env.string(key)
+    return None if value is None else check(value, env.name(key))
+
+
+def _secret_runtime_config(env: _Reader, runtime: Mapping[str, Any]) -> dict[str, str]:
+    secrets = env.mapping("secret_runtime_config")
+    if secrets is None:
+        return {}
+    refs = {}
+    for name, ref in secrets.data.items():
+        if not isinstance(name, str):
+            raise InvalidInput(secrets.where, f"{name!r}: parameter names are strings")
+        if name in runtime:
+            raise InvalidInput(
+                secrets.name(name), "is also set in runtime_config: a setting is secret or not"
+            )
+        refs[name] = validate_secret_ref(ref, secrets.name(name))
+    return refs
 
 
 def validate_health_check_type(value: object, field_name: str) -> str:
@@ -317,6 +432,33 @@ def _health_check_type(env: _Reader, key: str) -> str | None:
     return None if value is None else validate_health_check_type(value, env.name(key))
 
 
+def _cron(reader: _Reader, key: str, default: str) -> str:
+    """A cron expression (UTC) the nightly DAG's timetable accepts; checked here, not at DAG parse."""
+    from croniter import croniter
+
+    value = reader.string(key, default)
+    if not croniter.is_valid(value):
+        raise InvalidInput(reader.name(key), f"{value!r} is not a valid cron expression (e.g. '0 3 * * *')")
+    return str(value)
+
+
+def _release_url(app_reader: _Reader, key: str) -> str:
+    """Empty (a bake with no artifact, the local demo) or a URL template naming the version it serves."""
+    value = app_reader.string(key, "")
+    if not value:
+        return ""
+    if RELEASE_URL_VERSION not in value:
+        raise InvalidInput(
+            app_reader.name(key),
+            f"{value!r} has no {RELEASE_URL_VERSION}: a rebuild of an old version would install "
+            "whatever the URL serves today",
+        )
+    rest = value.replace(RELEASE_URL_VERSION, "")
+    if "{" in rest or "}" in rest:
+        raise InvalidInput(app_reader.name(key), f"{value!r}: {RELEASE_URL_VERSION} is its only placeholder")
+    return value
+
+
 def _percent(env: _Reader, key: str, default: int) -> int:
     value = env.integer(key, default, minimum=1)
     if value > 100:
@@ -334,16 +476,53 @@ def parse_config(text: str, path: Path) -> DeploymentConfig:
     apps = root.mapping("apps", required=True)
     assert apps is not None
     environments: dict[tuple[str, str], EnvironmentConfig] = {}
+    errors: dict[tuple[str, str | None], InvalidInput] = {}
     for app_name, app_data in apps.data.items():
-        app = validate_app(app_name, f"apps.{app_name!r}")
-        app_reader = _Reader(app_data, f"apps.{app}")
-        app_reader.unknown_keys(_APP_FIELDS)
-        envs = app_reader.mapping("environments", required=True)
-        assert envs is not None
+        try:
+            app = validate_app(app_name, f"apps.{app_name!r}")
+            app_reader = _Reader(app_data, f"apps.{app}")
+            app_reader.unknown_keys(_APP_FIELDS)
+            envs = app_reader.mapping("environments", required=True)
+            assert envs is not None
+        except InvalidInput as error:
+            errors[(str(app_name), None)] = error
+            continue
         for env_name, env_data in envs.data.items():
-            config = _environment(app, app_reader, env_name, env_data, path.parent)
+            try:
+                config = _environment(app, app_reader, env_name, env_data, path.parent)
+            except InvalidInput as error:
+                errors[(app, str(env_name))] = error
+                continue
             environments[(app, config.environment)] = config
-    return DeploymentConfig(path=path, environments=environments)
+    _refuse_staging_collisions(environments, errors)
+    for (app, environment), error in sorted(errors.items(), key=lambda item: (item[0][0], item[0][1] or "")):
+        log.warning("%s/%s is not usable and its runs will fail: %s", app, environment or "*", error)
+    return DeploymentConfig(path=path, environments=environments, errors=errors)
+
+
+def _refuse_staging_collisions(
+    environments: dict[tuple[str, str], EnvironmentConfig], errors: dict[tuple[str, str | None], InvalidInput]
+) -> None:
+    """An environment named like another one's staging groups (`prod` and `prodstg`): both are refused.
+
+    Each would take the other's groups for its own: a deploy of one would remove the other's
+    "abandoned" staging group, or read a staging group as its live fleet.
+    """
+    for (app, environment), env in list(environments.items()):
+        if env.staging is None:
+            continue
+        named = staging_environment(environment)
+        if (app, named) not in environments and (app, named) not in errors:
+            continue
+        reason = f"its staging groups ({app}-{named}-vNNN) would be the groups of environment {named!r}"
+        for victim in (environment, named):
+            environments.pop((app, victim), None)
+            errors.setdefault(
+                (app, victim),
+                InvalidInput(
+                    f"apps.{app}.environments.{environment}.staging", f"{reason}; rename one of them"
+                ),
+            )
 
 
 def config_path() -> Path:

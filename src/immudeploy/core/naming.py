@@ -23,13 +23,23 @@ STATE_DISABLED = "disabled"
 # so a run that crashed mid-swap can still restore it.
 TAG_RESTORE_CAPACITY = "immutable:restore-capacity"
 
+# The patterns are also the trigger forms' JSON schema, which jsonschema applies with re.search and
+# the browser with a JS RegExp. Each ends in `$(?!\n)`: Python's `$` also matches before a final
+# newline, so "1.0.0\n" would pass a bare `$`; JS has no `\Z`, but both read the lookahead the same way.
+# A `-` in a class is escaped: the HTML `pattern` attribute compiles with the `v` flag, which refuses `[_-]`.
 # Lower-case DNS-label-like names: they end up in ASG, launch template and AMI names and SSM paths.
-APP_PATTERN = r"^[a-z][a-z0-9]{0,29}$"
-ENVIRONMENT_PATTERN = r"^[a-z][a-z0-9]{0,19}$"
+APP_PATTERN = r"^[a-z][a-z0-9]{0,29}$(?!\n)"
+ENVIRONMENT_PATTERN = r"^[a-z][a-z0-9]{0,19}$(?!\n)"
 # A release version: semantic version or a plain build tag, no spaces or shell metacharacters.
-VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$"
-AMI_ID_PATTERN = r"^ami-[0-9a-f]{8,17}$"
-GIT_SHA_PATTERN = r"^[0-9a-f]{7,40}$"
+VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z._\-]{0,63}$(?!\n)"
+AMI_ID_PATTERN = r"^ami-[0-9a-f]{8,17}$(?!\n)"
+GIT_SHA_PATTERN = r"^[0-9a-f]{7,40}$(?!\n)"
+# `{app}-{environment}-vNNN` (ServerGroupName), as a deploy's expected live group.
+SERVER_GROUP_PATTERN = r"^[a-z][a-z0-9]*-[a-z][a-z0-9]*-v[0-9]{3,}$(?!\n)"
+# "app/environment", as the nightly DAG's manual `targets`.
+TARGET_PATTERN = r"^[a-z][a-z0-9]*/[a-z][a-z0-9]*$(?!\n)"
+# Staging groups are `{app}-{environment}stg-vNNN`: a server group of the environment `{environment}stg`.
+STAGING_SUFFIX = "stg"
 
 _SERVER_GROUP_RE = re.compile(
     r"^(?P<app>[a-z][a-z0-9]*)-(?P<environment>[a-z][a-z0-9]*)-v(?P<sequence>\d{3,})$"
@@ -62,6 +72,15 @@ def validate_ami_id(value: object, field: str = "ami_id") -> str:
 
 def validate_git_sha(value: object, field: str = "git_sha") -> str:
     return _check(field, value, GIT_SHA_PATTERN, "a hexadecimal git commit id (7 to 40 characters)")
+
+
+def validate_server_group_name(value: object, field: str = "server_group") -> str:
+    return _check(field, value, SERVER_GROUP_PATTERN, "a server group name like shop-prod-v007")
+
+
+def staging_environment(environment: str) -> str:
+    """The environment name a staging group of `environment` carries in its name and tags."""
+    return f"{environment}{STAGING_SUFFIX}"
 
 
 @dataclass(frozen=True, order=True)

@@ -106,6 +106,7 @@ class DeployPlan:
     in_service_timeout_seconds: int
     bake_timeout_seconds: int
     ssm_prefix: str
+    # Plain settings only; secret ones travel as references (secret_runtime_config), never values.
     runtime_config: dict[str, str]
     base_image_id: str | None
     base_image_name_pattern: str | None
@@ -122,3 +123,8 @@ class DeployPlan:
     # The environment's configured health checks; None: the live group's, else the defaults.
     health_check_type: str | None = None
     health_check_grace_period_seconds: int | None = None
+    # Name -> `ssm:/path` or `env:VAR`: resolved when the config is published, so no secret is in XCom.
+    secret_runtime_config: dict[str, str] = field(default_factory=dict)
+    # Launch template: the instances' profile (name or ARN) and an optional SSH key pair.
+    iam_instance_profile: str | None = None
+    key_name: str | None = None

@@ -16,6 +16,7 @@ from botocore.exceptions import WaiterError
 
 from immudeploy.aws.connection import PackerAwsSettings
 from immudeploy.aws.images import find_image
+from immudeploy.core.config import RELEASE_URL_VERSION
 from immudeploy.core.errors import BakeError, InvalidInput, WaitTimeout
 from immudeploy.core.naming import (
     TAG_APP,
@@ -80,6 +81,17 @@ class BakeRequest:
             raise InvalidInput("template_dir", f"{self.template_dir} is not a directory")
         if self.timeout_seconds <= 0:
             raise InvalidInput("bake_timeout", "must be a positive number of seconds")
+        if self.release_url and RELEASE_URL_VERSION not in self.release_url:
+            raise InvalidInput("release_url", f"must contain {RELEASE_URL_VERSION}, got {self.release_url!r}")
+
+    @property
+    def resolved_release_url(self) -> str:
+        """The artifact of this version: `{version}` replaced by the validated version, nothing else.
+
+        A plain replace, not str.format: the URL is data (it reaches Packer as a variable, never a
+        shell), and no other brace in it may pull in anything.
+        """
+        return self.release_url.replace(RELEASE_URL_VERSION, validate_version(self.version))
 
 
 @dataclass(frozen=True)
@@ -184,7 +196,15 @@ def bake_image(
 ) -> BakedImage:
     """Return the image for this request, running Packer only if no matching image exists yet."""
     base_image_id = resolve_base_image(ec2, request.base_image)
-    inputs = {"base_image_id": base_image_id, "instance_type": request.instance_type, **request.extra_vars}
+    release_url = request.resolved_release_url
+    # The resolved URL too: a rebuild of 1.4.2 must install 1.4.2's artifact, and an artifact moved to
+    # another URL is another image.
+    inputs = {
+        "base_image_id": base_image_id,
+        "instance_type": request.instance_type,
+        "release_url": release_url,
+        **request.extra_vars,
+    }
     fingerprint = template_fingerprint(request.template_dir, inputs)
     name = image_name(request.app, request.version, fingerprint)
     tags = {
@@ -216,7 +236,7 @@ def bake_image(
         "ec2_endpoint": settings.ec2_endpoint,
         "ami_name": name,
         "tags": tags,
-        "release_url": request.release_url,
+        "release_url": release_url,
         **request.extra_vars,
     }
     with tempfile.TemporaryDirectory(prefix="immudeploy-bake-") as workdir:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from immudeploy.aws import release_config
+from immudeploy.aws.deploy_record import recorded_images_of_app
 from immudeploy.aws.groups.capacity import pin_capacity, restore_capacity
 from immudeploy.aws.groups.inventory import describe_server_group, find_server_groups, live_server_group
 from immudeploy.aws.groups.launch import LaunchSpec, launch_server_group
@@ -20,32 +21,27 @@ from immudeploy.aws.groups.traffic import attach_server_group, detach_server_gro
 from immudeploy.aws.images import delete_unused_images, require_image
 from immudeploy.aws.network import resolve_environment
 from immudeploy.core.config import DeploymentConfig, EnvironmentConfig
-from immudeploy.core.errors import DeployError
+from immudeploy.core.errors import DeployError, InvalidInput
 from immudeploy.core.naming import (
+    staging_environment,
     validate_ami_id,
     validate_app,
     validate_environment,
     validate_git_sha,
+    validate_server_group_name,
     validate_version,
 )
 from immudeploy.core.plan import Capacity, DeployPlan, ServerGroup, StagingPlan
-from immudeploy.release.observe import observe_release
+from immudeploy.release.nightly import refuse_if_live_changed
+from immudeploy.release.observe import alarms_firing, observe_release
 from immudeploy.release.repair import repair_interrupted_swap
 
 log = logging.getLogger(__name__)
-
-# Staging groups live beside the environment's own groups under a name of their own.
-STAGING_SUFFIX = "stg"
-
 
 def deploy_id_for(dag_id: str, run_id: str) -> str:
     """A short, stable id of one DAG run; tags what the run creates so a retry finds it again."""
     digest = hashlib.sha256(f"{dag_id}/{run_id}".encode()).hexdigest()[:16]
     return f"{dag_id[:40]}-{digest}"
-
-
-def staging_environment(environment: str) -> str:
-    return f"{environment}{STAGING_SUFFIX}"
 
 
 def validate_deploy_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -56,11 +52,21 @@ def validate_deploy_params(params: Mapping[str, Any]) -> dict[str, Any]:
         "version": validate_version(params.get("version")),
         "ami_id": None,
         "git_sha": None,
+        "expect_live_version": None,
+        "expect_live_group": None,
     }
     if params.get("ami_id"):
         checked["ami_id"] = validate_ami_id(params["ami_id"])
     if params.get("git_sha"):
         checked["git_sha"] = validate_git_sha(params["git_sha"])
+    if params.get("expect_live_version"):
+        checked["expect_live_version"] = validate_version(
+            params["expect_live_version"], "expect_live_version"
+        )
+    if params.get("expect_live_group"):
+        checked["expect_live_group"] = validate_server_group_name(
+            params["expect_live_group"], "expect_live_group"
+        )
     return checked
 
 
@@ -118,6 +124,10 @@ def base_plan(clients: Any, env: EnvironmentConfig, dag_id: str, run_id: str, ve
         "bake_timeout_seconds": env.bake_timeout_seconds,
         "ssm_prefix": env.ssm_prefix,
         "runtime_config": dict(env.runtime_config),
+        # References only: the secret values are read when publishing, never kept in the plan (XCom).
+        "secret_runtime_config": dict(env.secret_runtime_config),
+        "iam_instance_profile": env.iam_instance_profile,
+        "key_name": env.key_name,
         "base_image_id": env.base_image.image_id,
         "base_image_name_pattern": env.base_image.name_pattern,
         "base_image_owners": list(env.base_image.owners),
@@ -132,10 +142,25 @@ def base_plan(clients: Any, env: EnvironmentConfig, dag_id: str, run_id: str, ve
 def plan_deploy(
     clients: Any, config: DeploymentConfig, params: Mapping[str, Any], dag_id: str, run_id: str
 ) -> DeployPlan:
+    """The run's plan, read under the lock; refuses before any change what the run cannot finish.
+
+    A configured alarm that does not exist fails here, not in the observation window after the
+    swap. A run that expects a live group or version (a nightly rebuild) raises LiveChanged when
+    another has been deployed since it was triggered.
+    """
     checked = validate_deploy_params(params)
     env = config.get(checked["app"], checked["environment"])
+    if env.alarms:
+        try:
+            alarms_firing(clients.cloudwatch, env.alarms)
+        except InvalidInput as error:
+            raise InvalidInput(
+                f"apps.{env.app}.environments.{env.environment}.alarms", error.reason
+            ) from None
     base = base_plan(clients, env, dag_id, run_id, checked["version"])
     plan = DeployPlan(git_sha=checked["git_sha"], ami_id=checked["ami_id"], **base)
+    # After the repair of an interrupted swap (another run's leftovers): the live group is known only now.
+    refuse_if_live_changed(plan.live, checked["expect_live_version"], checked["expect_live_group"])
     if plan.ami_id:
         require_image(clients.ec2, plan.ami_id, plan.app, "ami_id")
     return plan
@@ -168,6 +193,8 @@ def _launch_spec(
         capacity=capacity,
         ssm_config_path=release_path(plan),
         cache_key_prefix=_cache_prefix(plan),
+        iam_instance_profile=plan.iam_instance_profile,
+        key_name=plan.key_name,
         setup=setup,
     )
 
@@ -232,7 +259,10 @@ def staging_test_command(plan: DeployPlan) -> list[str]:
 
 
 def release_path(plan: DeployPlan) -> str:
-    return release_config.release_path(plan.ssm_prefix, plan.version)
+    """This run's own configuration path: every group it launches (staging too) reads this one."""
+    return release_config.release_path(
+        plan.ssm_prefix, plan.version, release_config.deploy_key(plan.deploy_id)
+    )
 
 
 def _cache_prefix(plan: DeployPlan) -> str:
@@ -240,11 +270,36 @@ def _cache_prefix(plan: DeployPlan) -> str:
 
 
 def publish_config(clients: Any, plan: DeployPlan) -> dict[str, Any]:
+    """This run's configuration under its own path, before anything boots from the image.
+
+    Also deletes the paths of earlier deploys that no group uses any more: this runs under the
+    lock at the start of every deploy, after the last run's retirement deleted its old groups, so
+    a path goes with the group that used it (one deploy later) and never before. Deleting them
+    in retirement itself would need every caller of it (deploy, rollback, undo) to know the paths.
+    """
+    own_path = release_path(plan)
+    superseded = release_config.delete_superseded_release_configs(
+        clients, plan.app, plan.environment, plan.ssm_prefix, keep=[own_path]
+    )
     extra = {"GIT_SHA": plan.git_sha} if plan.git_sha else {}
     published = release_config.publish_release_config(
-        clients.ssm, plan.ssm_prefix, plan.app, plan.environment, plan.version, plan.runtime_config, extra
+        clients.ssm,
+        plan.ssm_prefix,
+        plan.app,
+        plan.environment,
+        plan.version,
+        plan.runtime_config,
+        extra,
+        key=release_config.deploy_key(plan.deploy_id),
+        secrets=release_config.resolve_secrets(clients.ssm, plan.secret_runtime_config),
     )
-    return {"path": published.path, "cache_key_prefix": published.cache_key_prefix}
+    # Names and paths only: the XCom of this task never holds a value.
+    return {
+        "path": published.path,
+        "cache_key_prefix": published.cache_key_prefix,
+        "secret_names": sorted(plan.secret_runtime_config),
+        "superseded_paths": superseded,
+    }
 
 
 # --- the fleet ---------------------------------------------------------------------------------
@@ -283,6 +338,10 @@ def launch_fleet(clients: Any, plan: DeployPlan, image_id: str) -> ServerGroup:
     metrics and tags. Its policies and schedules stay suspended until finish_swap, the live
     group's while it stays pinned (undo and repair resume them; a kept group keeps them off).
     """
+    if plan.rollback_mode is not None:
+        # A rollback redeploy has no publish task: its groups read this run's own path too, written
+        # here before the group exists (idempotent, so a retried launch rewrites nothing).
+        publish_config(clients, plan)
     live, capacity = live_group_now(clients, plan)
     # Read now, like the size: an operator may have changed a policy or a schedule during the bake.
     setup = inherited_setup(clients, plan, live)
@@ -358,7 +417,11 @@ def retire(
         plan.target_group_arns,
         also_delete=also_delete or [],
     )
-    images = delete_unused_images(clients, plan.app, plan.keep_images)
+    # What a rollback of any environment would go to stays, whatever its age or environment tag.
+    recorded = recorded_images_of_app(clients.dynamodb, plan.app, plan.keep_images)
+    images = delete_unused_images(
+        clients, plan.app, plan.keep_images, {image for ids in recorded.values() for image in ids}
+    )
     kept = [
         g.name
         for g in find_server_groups(clients, plan.app, plan.environment)

@@ -1,4 +1,4 @@
-"""Rollback: choose a kept group to swap back to, or the previous image to redeploy."""
+"""Rollback: choose from the deploy record a kept group to swap back to, or an image to redeploy."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from immudeploy.aws.deploy_record import Release, previous_release, release_history, release_of_version
 from immudeploy.aws.groups.capacity import SWAP_SUSPENDED_PROCESSES, pin_capacity, scale_server_group, suspend
 from immudeploy.aws.groups.inventory import describe_server_group, find_server_groups
 from immudeploy.aws.groups.setup import apply_group_setup
-from immudeploy.aws.images import previous_version_image
+from immudeploy.aws.images import find_image, previous_version_image
 from immudeploy.core.config import DeploymentConfig
-from immudeploy.core.errors import DeployError
+from immudeploy.core.errors import DeployError, InvalidInput
 from immudeploy.core.naming import (
     TAG_VERSION,
     from_aws_tags,
@@ -28,44 +29,149 @@ log = logging.getLogger(__name__)
 def plan_rollback(
     clients: Any, config: DeploymentConfig, params: Mapping[str, Any], dag_id: str, run_id: str
 ) -> DeployPlan:
+    """Choose what to go back to: from the deploy record, or (a target it knows nothing of) by tags.
+
+    From the record: without `to_version` the entry before the current one (previous_release),
+    with it that version's latest entry; its kept group when it still exists (swap), else its image
+    (redeploy, no rebake). Never an image of another environment or of a release that did not serve.
+    """
     app = validate_app(params.get("app"))
     environment = validate_environment(params.get("environment"))
     to_version = validate_version(params["to_version"], "to_version") if params.get("to_version") else None
     env = config.get(app, environment)
+    # Read first: a to_version the record does not know fails here, before the repair changes anything.
+    history = release_history(clients.dynamodb, app, environment)
+    notes = [_record_note(app, environment, history)]
+    chosen = release_of_version(history, to_version) if history and to_version else None
+    if history and to_version and chosen is None:
+        raise InvalidInput(
+            "to_version",
+            f"{to_version} never served in {app}/{environment} (not in its deploy record; recorded: "
+            f"{', '.join(_unique_versions(history))})",
+        )
     resolved_live = base_plan(clients, env, dag_id, run_id, "rollback")
     live: ServerGroup | None = resolved_live["live"]
     if live is None:
         raise DeployError(f"{app}/{environment} has no live server group: nothing to roll back")
     current_version = live.version
-    kept = [
-        g
-        for g in find_server_groups(clients, app, environment)
-        if g.name != live.name
-        and g.sequence < live.sequence
-        and not set(g.target_group_arns) & set(resolved_live["target_group_arns"])
-        and (g.version == to_version if to_version else g.version != current_version)
-    ]
-    notes = []
-    if kept:
-        group = kept[-1]
-        mode, rollback_group, version, ami_id = "swap", group.name, group.version or "unknown", group.image_id
-        notes.append(f"swapping back to kept group {group.name} ({group.version})")
+    chosen = chosen or previous_release(history, current_version)
+    older = None if chosen else _kept_group(clients, app, environment, live, to_version, resolved_live)
+    if history and chosen is None and older is not None:
+        # The record started after this group was kept (it served before the record existed).
+        mode, rollback_group, version, ami_id = "swap", older.name, older.version or "unknown", older.image_id
+        notes.append(
+            f"nothing before {current_version} in the record: swapping back to kept group {older.name}"
+        )
+    elif history:
+        if chosen is None:
+            raise DeployError(
+                f"the deploy record of {app}/{environment} holds no release before {current_version} "
+                "and no older group is kept: nothing to roll back to"
+            )
+        mode, rollback_group, version, ami_id = _from_record(clients, chosen, live, resolved_live)
+        notes.append(
+            f"rolling back to {chosen.version} as recorded at {chosen.recorded_at} by run {chosen.run_id}: "
+            + (
+                f"swapping back to kept group {rollback_group}"
+                if rollback_group
+                else f"redeploying image {ami_id} (no rebake)"
+            )
+        )
     else:
-        image = previous_version_image(clients.ec2, app, current_version, to_version)
-        version = from_aws_tags(image.get("Tags"))[TAG_VERSION]
-        mode, rollback_group, ami_id = "redeploy", None, image["ImageId"]
-        notes.append(f"no kept group: redeploying image {ami_id} of version {version} (no rebake)")
+        mode, rollback_group, version, ami_id = _by_tags(
+            clients, app, environment, live, to_version, resolved_live
+        )
+        notes.append(
+            "no deploy record for this target yet (deployed before it existed): "
+            + (
+                f"swapping back to kept group {rollback_group} ({version})"
+                if rollback_group
+                else f"no kept group: redeploying image {ami_id} of version {version} (no rebake)"
+            )
+        )
     resolved_live["version"] = validate_version(version)
     resolved_live["staging"] = None
-    plan = DeployPlan(
-        git_sha=None,
+    return DeployPlan(
+        git_sha=chosen.git_sha if chosen else None,
         ami_id=ami_id,
         rollback_mode=mode,
         rollback_group=rollback_group,
         notes=notes,
         **resolved_live,
     )
-    return plan
+
+
+def _from_record(
+    clients: Any, chosen: Release, live: ServerGroup, resolved_live: Mapping[str, Any]
+) -> tuple[str, str | None, str, str]:
+    """Swap to the entry's group when it is still kept (detached, not the live one), else its image."""
+    if chosen.group == live.name:
+        raise DeployError(f"{chosen.version} is what {live.name} serves now: nothing to roll back to")
+    group = describe_server_group(clients, chosen.group)
+    if (
+        group is not None
+        and group.image_id == chosen.image_id
+        and not set(group.target_group_arns) & set(resolved_live["target_group_arns"])
+    ):
+        return "swap", group.name, chosen.version, chosen.image_id
+    image = find_image(clients.ec2, chosen.image_id)
+    if image is None or image.get("State") != "available":
+        raise DeployError(
+            f"image {chosen.image_id} of {chosen.version} (recorded for {chosen.app}/{chosen.environment}) "
+            "no longer exists and its group is gone: roll forward with a deploy of that version"
+        )
+    return "redeploy", None, chosen.version, chosen.image_id
+
+
+def _by_tags(
+    clients: Any,
+    app: str,
+    environment: str,
+    live: ServerGroup,
+    to_version: str | None,
+    resolved_live: Mapping[str, Any],
+) -> tuple[str, str | None, str, str | None]:
+    """The behaviour before the record: a kept group of this environment, else its newest other image."""
+    group = _kept_group(clients, app, environment, live, to_version, resolved_live)
+    if group is not None:
+        return "swap", group.name, group.version or "unknown", group.image_id
+    image = previous_version_image(clients.ec2, app, environment, live.version, to_version)
+    return "redeploy", None, from_aws_tags(image.get("Tags"))[TAG_VERSION], image["ImageId"]
+
+
+def _kept_group(
+    clients: Any,
+    app: str,
+    environment: str,
+    live: ServerGroup,
+    to_version: str | None,
+    resolved_live: Mapping[str, Any],
+) -> ServerGroup | None:
+    """The newest detached group of this environment older than the live one (of `to_version`)."""
+    kept = [
+        g
+        for g in find_server_groups(clients, app, environment)
+        if g.name != live.name
+        and g.sequence < live.sequence
+        and not set(g.target_group_arns) & set(resolved_live["target_group_arns"])
+        and (g.version == to_version if to_version else g.version != live.version)
+    ]
+    return kept[-1] if kept else None
+
+
+def _unique_versions(history: list[Release]) -> list[str]:
+    return list(dict.fromkeys(release.version for release in history))
+
+
+def _record_note(app: str, environment: str, history: list[Release], shown: int = 10) -> str:
+    """The record as the prepare log shows it: the versions a rollback can name, newest first."""
+    if not history:
+        return f"deploy record of {app}/{environment}: empty"
+    lines = [
+        f"deploy record of {app}/{environment} (newest first, {min(shown, len(history))} of {len(history)}):"
+    ]
+    lines += [f"  {release.describe()}" for release in history[:shown]]
+    return "\n".join(lines)
 
 
 def bring_up_rollback_fleet(clients: Any, plan: DeployPlan) -> ServerGroup:

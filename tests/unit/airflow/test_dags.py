@@ -51,8 +51,10 @@ def test_deploy_dag_reads_like_the_release(dagbag) -> None:
     order = [
         "prepare",
         "bake.bake_image",
-        "staging.run_staging_tests",
+        # The configuration is published before anything boots from the image, staging included.
         "publish_config",
+        "staging.launch_staging",
+        "staging.run_staging_tests",
         "launch.launch_fleet",
         "launch.wait_in_service",
         "cutover.attach_fleet",
@@ -66,7 +68,15 @@ def test_deploy_dag_reads_like_the_release(dagbag) -> None:
     ]
     for earlier, later in itertools.pairwise(order):
         assert later in dag.get_task(earlier).get_flat_relative_ids(upstream=False), (earlier, later)
-    assert set(dag.params.keys()) == {"app", "environment", "version", "ami_id", "git_sha"}
+    assert set(dag.params.keys()) == {
+        "app",
+        "environment",
+        "version",
+        "ami_id",
+        "git_sha",
+        "expect_live_version",
+        "expect_live_group",
+    }
     for name, param in dag.params.items():
         assert param.description, name
     # The trigger form offers the configured apps and environments as choices.

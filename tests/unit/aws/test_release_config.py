@@ -1,4 +1,4 @@
-"""Publishing a release's configuration to moto's SSM: per-release paths, idempotent, converging, validated."""
+"""Publishing a deploy's configuration to moto's SSM: per-deploy paths, idempotent, converging, validated."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from immudeploy.aws.release_config import (
     cache_key_prefix,
     delete_release_config,
+    deploy_key,
     publish_release_config,
     read_release_config,
     release_path,
@@ -17,9 +18,11 @@ from immudeploy.core.errors import InvalidInput
 
 PREFIX = "/immutable/shop/prod"
 VALUES = {"DATABASE_HOST": "db.internal", "FEATURE_X": "on", "worker.threads": "8"}
+KEY = deploy_key("immutable_deploy-0123456789abcdef")
 
 
 def _publish(ssm: Any, version: str = "1.2.0", values: dict[str, str] | None = None, **kw: Any) -> Any:
+    kw.setdefault("key", KEY)
     return publish_release_config(
         ssm, PREFIX, "shop", "prod", version, VALUES if values is None else values, **kw
     )
@@ -31,10 +34,12 @@ def _history_lengths(ssm: Any, path: str) -> dict[str, int]:
 
 
 def test_paths_and_cache_prefixes() -> None:
-    assert release_path(PREFIX, "1.2.0") == "/immutable/shop/prod/releases/1.2.0"
-    assert release_path(PREFIX + "/", "1.2.0") == "/immutable/shop/prod/releases/1.2.0"
+    assert release_path(PREFIX, "1.2.0", KEY) == f"/immutable/shop/prod/releases/1.2.0/{KEY}"
+    assert release_path(PREFIX + "/", "1.2.0", KEY) == f"/immutable/shop/prod/releases/1.2.0/{KEY}"
     assert cache_key_prefix("shop", "prod", "1.2.0") == "shop:prod:1.2.0:"
-    assert release_path(PREFIX, "1.2.0") != release_path(PREFIX, "1.3.0")
+    assert release_path(PREFIX, "1.2.0", KEY) != release_path(PREFIX, "1.3.0", KEY)
+    # Two deploys of one version: two paths.
+    assert release_path(PREFIX, "1.2.0", KEY) != release_path(PREFIX, "1.2.0", deploy_key("other-run"))
     assert cache_key_prefix("shop", "prod", "1.2.0") != cache_key_prefix("shop", "prod", "1.3.0")
 
 
@@ -47,18 +52,19 @@ def test_paths_and_cache_prefixes() -> None:
         ("/aws/shop", "1.2.0", "ssm_prefix"),
         ("/" + "/".join(["a"] * 14), "1.2.0", "ssm_prefix"),
         (PREFIX, "1 2", "version"),
+        ("/" + "a" * 240, "1.2.0", "ssm_prefix"),  # the path is a tag value: 256 characters at most
     ],
 )
 def test_bad_paths_refused(prefix: str, version: str, field: str) -> None:
     with pytest.raises(InvalidInput) as raised:
-        release_path(prefix, version)
+        release_path(prefix, version, KEY)
     assert raised.value.field == field
 
 
 def test_publish_writes_values_and_release_markers(aws: Any) -> None:
     ssm = aws.client("ssm")
     published = _publish(ssm, extra={"IMAGE_ID": "ami-785db401"})
-    path = "/immutable/shop/prod/releases/1.2.0"
+    path = f"/immutable/shop/prod/releases/1.2.0/{KEY}"
     assert published.path == path
     assert published.cache_key_prefix == "shop:prod:1.2.0:"
     assert published.parameter_names == sorted(

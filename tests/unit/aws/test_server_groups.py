@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import threading
 from dataclasses import replace
 from typing import Any
 
 import pytest
+import yaml
 from fleet_fixtures import APP, BASE_IMAGE, ENVIRONMENT, LIVE_CAPACITY, FleetClients
 
 from immudeploy.airflow.xcom import server_group_from_xcom, server_group_to_xcom
@@ -167,12 +167,14 @@ def test_launch_template_requires_imdsv2_and_writes_release_env(
     template_tags = {t["Key"]: t["Value"] for t in template["Tags"]}
     assert template_tags[TAG_VERSION] == "2.0.0-rc.1_build.7" and template_tags[TAG_DEPLOY_ID] == "run-1"
 
-    # Run the user data for real, pointed at a scratch directory, and source what it wrote.
-    script = base64.b64decode(data["UserData"]).decode()
-    assert "/immutable/shop/prod/2.0.0-rc.1" in script
-    script = script.replace("/etc/immutable", str(tmp_path / "etc"))
-    subprocess.run(["bash", "-c", script], check=True)
-    env_file = tmp_path / "etc" / "release.env"
+    # The user data is cloud-config: write the file its write_files names, as cloud-init would,
+    # into a scratch directory, and source it (tests/unit/aws/test_user_data.py runs cloud-init).
+    user_data = base64.b64decode(data["UserData"]).decode()
+    assert user_data.startswith("#cloud-config\n")
+    (entry,) = yaml.safe_load(user_data)["write_files"]
+    assert entry["path"] == "/etc/immutable/release.env"
+    env_file = tmp_path / "release.env"
+    env_file.write_text(entry["content"])
     sourced = subprocess.run(
         ["bash", "-c", f"set -a; . {env_file}; env"], check=True, capture_output=True, text=True, env={}
     ).stdout.splitlines()
@@ -184,7 +186,6 @@ def test_launch_template_requires_imdsv2_and_writes_release_env(
         "IMMUTABLE_SSM_PATH=/immutable/shop/prod/2.0.0-rc.1",
         "IMMUTABLE_CACHE_PREFIX=shop/prod/2.0.0-rc.1_build.7",
     } <= set(sourced)
-    assert not os.path.exists(f"{env_file}.tmp")
 
 
 def test_launch_retry_reuses_only_its_own_half_created_template(

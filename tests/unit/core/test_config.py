@@ -84,8 +84,9 @@ ENV = ["apps", "web", "environments", "prod"]
     ],
 )
 def test_a_bad_field_is_named_with_its_app_environment_and_reason(path, value, field, reason) -> None:
+    # Kept with its entry when read (tests/unit/core/test_config_errors.py); check() raises it.
     with pytest.raises(InvalidInput) as failure:
-        _parse(_with(path, value))
+        _parse(_with(path, value)).check()  # type: ignore[attr-defined]
     assert field in str(failure.value)
     assert reason in str(failure.value)
 

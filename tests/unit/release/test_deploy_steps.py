@@ -460,7 +460,10 @@ def test_rollback_without_kept_group_or_previous_image_says_so(
     fleet_clients: FleetClients, demo_network: DemoEnvironment, live_fleet: ServerGroup
 ) -> None:
     params = {"app": APP, "environment": ENVIRONMENT}
-    with pytest.raises(DeployError, match=f"no image of {APP} with a version other than {LIVE_VERSION}"):
+    # No deploy record (a fleet from before it): the fallback looks for images of this environment only.
+    with pytest.raises(
+        DeployError, match=f"no image of {APP} in {ENVIRONMENT} with a version other than {LIVE_VERSION}"
+    ):
         plan_rollback(fleet_clients, deployment_config(), params, "immutable_rollback", "manual__rb")
 
 

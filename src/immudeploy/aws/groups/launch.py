@@ -9,6 +9,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
 from botocore.exceptions import ClientError
 
 from immudeploy.aws.connection import AwsApi
@@ -28,6 +29,8 @@ from immudeploy.aws.groups.inventory import (
     to_server_group,
 )
 from immudeploy.aws.groups.setup import GroupSetup, apply_group_setup
+from immudeploy.aws.release_config import MAX_PATH_LENGTH, TAG_CONFIG_PATH
+from immudeploy.core.config import KEY_NAME_PATTERN, validate_instance_profile
 from immudeploy.core.errors import DeployError, InvalidInput
 from immudeploy.core.naming import (
     TAG_DEPLOY_ID,
@@ -47,7 +50,7 @@ log = logging.getLogger(__name__)
 
 RELEASE_ENV_PATH = "/etc/immutable/release.env"
 
-SSM_PATH_PATTERN = r"^/[A-Za-z0-9_.\-/]{1,1000}$"
+SSM_PATH_PATTERN = rf"^/[A-Za-z0-9_.\-/]{{1,{MAX_PATH_LENGTH - 1}}}$"
 CACHE_KEY_PREFIX_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/+=\-]{0,255}$"
 # Airflow run ids look like "manual__2026-01-01T00:00:00+00:00"; all of it is legal in a tag value.
 DEPLOY_ID_PATTERN = r"^[A-Za-z0-9_.:/=+@\-]{1,200}$"
@@ -79,7 +82,10 @@ class LaunchSpec:
     capacity: Capacity
     ssm_config_path: str
     cache_key_prefix: str
+    # Name or ARN; the instances need it to read their configuration (README: on real AWS).
     iam_instance_profile: str | None = None
+    # An EC2 key pair for SSH; None (the default) means no key: immutable servers are not logged into.
+    key_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     setup: GroupSetup = field(default_factory=GroupSetup)
 
@@ -93,6 +99,10 @@ class LaunchSpec:
         _match("instance_type", self.instance_type, INSTANCE_TYPE_PATTERN)
         _match("ssm_config_path", self.ssm_config_path, SSM_PATH_PATTERN)
         _match("cache_key_prefix", self.cache_key_prefix, CACHE_KEY_PREFIX_PATTERN)
+        if self.iam_instance_profile is not None:
+            validate_instance_profile(self.iam_instance_profile, "iam_instance_profile")
+        if self.key_name is not None:
+            _match("key_name", self.key_name, KEY_NAME_PATTERN)
         if not self.subnet_ids:
             raise InvalidInput("subnet_ids", "at least one subnet is needed")
         for subnet_id in self.subnet_ids:
@@ -119,8 +129,20 @@ def _match(field_name: str, value: object, pattern: str) -> str:
     return value
 
 
-def release_user_data(spec: LaunchSpec, group_name: str) -> str:
-    """A shell script writing RELEASE_ENV_PATH; values are validated and shell-quoted, so it is sourceable."""
+class _CloudConfigDumper(yaml.SafeDumper):
+    """Multi-line strings as literal blocks: the user data reads like the file it writes."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_CloudConfigDumper.add_representer(str, _represent_str)
+
+
+def release_env(spec: LaunchSpec, group_name: str) -> str:
+    """RELEASE_ENV_PATH's content: validated values, single-quoted (a systemd EnvironmentFile and sourceable)."""
     values = {
         "IMMUTABLE_APP": spec.app,
         "IMMUTABLE_ENVIRONMENT": spec.environment,
@@ -129,21 +151,33 @@ def release_user_data(spec: LaunchSpec, group_name: str) -> str:
         "IMMUTABLE_SSM_PATH": spec.ssm_config_path,
         "IMMUTABLE_CACHE_PREFIX": spec.cache_key_prefix,
     }
-    lines = "\n".join(f"{key}={shlex.quote(value)}" for key, value in values.items())
-    directory = shlex.quote(RELEASE_ENV_PATH.rsplit("/", 1)[0])
-    target = shlex.quote(RELEASE_ENV_PATH)
-    # Quoted heredoc delimiter: the shell expands nothing inside; the file is written then renamed
-    # so a service starting early never reads half of it.
+    return "".join(f"{key}={shlex.quote(value)}\n" for key, value in values.items())
+
+
+def release_user_data(spec: LaunchSpec, group_name: str) -> str:
+    """cloud-config whose `write_files` writes RELEASE_ENV_PATH before the app's units start.
+
+    The contract with the image (packer/files/*.service): cloud-init's `write_files` module runs
+    in cloud-init.service (the init stage, before network-online.target), and `<app>-config.service`
+    is ordered after cloud-init.service, `<app>.service` after that. A shell-script user data would
+    run in cloud-final, after multi-user.target, too late for units started at boot.
+    """
+    document = {
+        "write_files": [
+            {
+                "path": RELEASE_ENV_PATH,
+                "owner": "root:root",
+                "permissions": "0644",
+                "content": release_env(spec, group_name),
+            }
+        ]
+    }
+    body = yaml.dump(
+        document, Dumper=_CloudConfigDumper, default_flow_style=False, sort_keys=False, width=1000
+    )
     return (
-        "#!/bin/bash\n"
-        "# Written by immudeploy: which release this instance serves and where its runtime config lives.\n"
-        "set -euo pipefail\n"
-        "umask 022\n"
-        f"mkdir -p {directory}\n"
-        f"cat > {target}.tmp <<'IMMUTABLE_RELEASE_ENV'\n"
-        f"{lines}\n"
-        "IMMUTABLE_RELEASE_ENV\n"
-        f"mv {target}.tmp {target}\n"
+        "#cloud-config\n# Written by immudeploy: which release this instance serves and where its configuration lives.\n"
+        + body
     )
 
 
@@ -198,6 +232,8 @@ def _resource_tags(spec: LaunchSpec) -> dict[str, str]:
         **spec.tags,
         **identity_tags(spec.app, spec.environment, spec.version),
         TAG_DEPLOY_ID: spec.deploy_id,
+        # What the instances read at boot: a path no group names any more is deleted as superseded.
+        TAG_CONFIG_PATH: spec.ssm_config_path,
     }
 
 
@@ -220,7 +256,10 @@ def _ensure_launch_template(clients: AwsApi, name: str, spec: LaunchSpec) -> str
         if spec.security_group_ids:
             data["SecurityGroupIds"] = list(spec.security_group_ids)
         if spec.iam_instance_profile:
-            data["IamInstanceProfile"] = {"Name": spec.iam_instance_profile}
+            by = "Arn" if spec.iam_instance_profile.startswith("arn:") else "Name"
+            data["IamInstanceProfile"] = {by: spec.iam_instance_profile}
+        if spec.key_name:
+            data["KeyName"] = spec.key_name
         try:
             created = clients.ec2.create_launch_template(
                 LaunchTemplateName=name,

@@ -1,9 +1,11 @@
-"""Retiring server groups: delete a group with its launch template, keep the newest disabled ones."""
+"""Retiring server groups: delete a group with its launch template and copied alarms, keep the newest disabled ones."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import suppress
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -18,13 +20,17 @@ from immudeploy.aws.groups.inventory import (
     parse_group_name,
     raw_groups_of,
 )
+from immudeploy.aws.groups.setup import GROUP_DIMENSION, TAG_SERVER_GROUP
 from immudeploy.aws.groups.traffic import detach_server_group
 from immudeploy.aws.target_health import registered_targets
 from immudeploy.core.errors import DeployError, InvalidInput
-from immudeploy.core.naming import listed, target_group_label
+from immudeploy.core.naming import from_aws_tags, listed, target_group_label
 from immudeploy.core.plan import ServerGroup
 
 log = logging.getLogger(__name__)
+
+# DeleteAlarms takes at most 100 names per call.
+_ALARMS_PER_DELETE = 100
 
 
 def delete_launch_template(clients: AwsApi, name: str) -> bool:
@@ -45,9 +51,11 @@ def delete_launch_template(clients: AwsApi, name: str) -> bool:
 
 
 def delete_server_group(clients: AwsApi, group_name: str, *, force: bool = False) -> bool:
-    """Delete a group (terminating its instances) and its launch template; True if anything was deleted.
+    """Delete a group (terminating its instances), the alarms copied for it and its launch template.
 
-    A group still attached is first detached through the traffic guard (skipped with `force`).
+    True if anything was deleted. A group still attached is first detached through the traffic
+    guard (skipped with `force`). The alarms go only once the group is gone or going: a group AWS
+    refuses to delete keeps scaling. Safe to repeat: a retry deletes whatever the last try left.
     """
     parse_group_name(group_name)
     deleted = False
@@ -62,7 +70,80 @@ def delete_server_group(clients: AwsApi, group_name: str, *, force: bool = False
         except ClientError as error:
             if "not found" not in str(error):
                 raise
+    deleted = bool(delete_copied_alarms(clients, group_name)) or deleted
     return delete_launch_template(clients, group_name) or deleted
+
+
+def delete_copied_alarms(clients: AwsApi, group_name: str) -> list[str]:
+    """Delete the alarms this tool copied for the group's step and simple policies; their names.
+
+    Only alarms tagged immutable:server-group with the group's name: an operator's own alarm stays,
+    even one watching the group. Clients without CloudWatch (plain test clients) skip the search.
+    """
+    cloudwatch = getattr(clients, "cloudwatch", None)
+    if cloudwatch is None:
+        log.debug("No CloudWatch client: not looking for alarms copied for %s", group_name)
+        return []
+    names = [
+        alarm["AlarmName"]
+        for alarm in _alarms_naming(cloudwatch, group_name)
+        if _alarm_tags(cloudwatch, alarm["AlarmArn"]).get(TAG_SERVER_GROUP) == group_name
+    ]
+    for start in range(0, len(names), _ALARMS_PER_DELETE):
+        _delete_alarms(cloudwatch, names[start : start + _ALARMS_PER_DELETE])
+    if names:
+        log.info("Deleted the alarms copied for %s: %s", group_name, ", ".join(names))
+    return names
+
+
+def _alarms_naming(cloudwatch: Any, group_name: str) -> Iterator[dict[str, Any]]:
+    """Metric alarms that mention the group: the few whose tags are worth a call each.
+
+    Not by dimension alone: a step policy scaling on a queue's depth has an alarm watching the
+    queue, which carries the group only in its name (copied_alarm_name) and its policy actions.
+    """
+    policy_marker = f":autoScalingGroupName/{group_name}:"
+    for page in cloudwatch.get_paginator("describe_alarms").paginate(AlarmTypes=["MetricAlarm"]):
+        for alarm in page.get("MetricAlarms", []):
+            actions = [
+                action
+                for key in ("AlarmActions", "OKActions", "InsufficientDataActions")
+                for action in alarm.get(key) or []
+            ]
+            if (
+                group_name in alarm["AlarmName"]
+                or any(policy_marker in action for action in actions)
+                or _has_group_dimension([alarm.get("Dimensions"), alarm.get("Metrics")], group_name)
+            ):
+                yield alarm
+
+
+def _has_group_dimension(value: Any, group_name: str) -> bool:
+    """True if an AutoScalingGroupName dimension naming the group is anywhere in `value`."""
+    if isinstance(value, list):
+        return any(_has_group_dimension(item, group_name) for item in value)
+    if isinstance(value, dict):
+        if value.get("Name") == GROUP_DIMENSION and value.get("Value") == group_name:
+            return True
+        return any(_has_group_dimension(item, group_name) for item in value.values())
+    return False
+
+
+def _alarm_tags(cloudwatch: Any, alarm_arn: str) -> dict[str, str]:
+    try:
+        return from_aws_tags(cloudwatch.list_tags_for_resource(ResourceARN=alarm_arn).get("Tags"))
+    except cloudwatch.exceptions.ResourceNotFoundException:
+        return {}  # deleted since it was listed
+
+
+def _delete_alarms(cloudwatch: Any, names: list[str]) -> None:
+    """Delete these alarms; one deleted meanwhile makes AWS refuse the whole batch, so retry one by one."""
+    try:
+        cloudwatch.delete_alarms(AlarmNames=names)
+    except cloudwatch.exceptions.ResourceNotFound:
+        for name in names:
+            with suppress(cloudwatch.exceptions.ResourceNotFound):
+                cloudwatch.delete_alarms(AlarmNames=[name])
 
 
 def retire_server_groups(
