@@ -24,11 +24,14 @@ with DAG(
     doc_md=__doc__
     + """
 
-Trigger with `app`, `environment` (optionally `to_version`).
+Trigger with `app`, `environment` (optionally `to_version`). The target comes from the deploy
+record of this app and environment (the releases that reached serving): without `to_version`, the
+release before the live one; with it, that version's latest entry (the recorded versions are in the
+`prepare` log and `immudeploy-ci rollback --list`). Never an image of another environment.
 
-- With a kept (disabled) previous group: it is scaled back to the live size if needed, attached,
-  health-gated; then the current group is detached, drained and deleted.
-- Without one: the previous version's image is deployed through the same phases, without a rebake.
+- Its group still kept (disabled): scaled back to the live size if needed, attached, health-gated;
+  then the current group is detached, drained and deleted.
+- Otherwise: that release's image is deployed through the same phases, without a rebake.
 
 The bad fleet is always retired, whatever the retention setting. A failure undoes the rollback.
 """,
