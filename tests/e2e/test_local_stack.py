@@ -654,3 +654,36 @@ def test_a_failed_task_cleared_through_the_rest_api_reruns_only_under_the_lock(
     assert {t["Key"]: t["Value"] for t in serving["Tags"]}["immutable:version"] == "7.0.0"
     assert current_holder(dynamodb, "shop", "prod") is None
     assert sampler.error is None and sampler.lowest is not None and sampler.lowest >= size, sampler.looks[:5]
+
+
+def test_a_second_run_started_mid_swap_waits_for_the_lock_then_deploys_over_the_finished_swap(
+    local_stack: RunningStack,
+) -> None:
+    """CI triggers 8.1.0 while 8.0.0 is mid-swap (both fleets attached): the second run waits in
+    `prepare` for the lock, changes nothing meanwhile, then deploys over 8.0.0; capacity never drops."""
+    elbv2, autoscaling = local_stack.aws("elbv2"), local_stack.aws("autoscaling")
+    arn = elbv2.describe_target_groups(Names=[LIVE_TARGET_GROUP])["TargetGroups"][0]["TargetGroupArn"]
+
+    def attached() -> list[dict[str, Any]]:
+        groups = autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
+        return [g for g in groups if arn in g["TargetGroupARNs"]]
+
+    (live,) = attached()
+    size = live["DesiredCapacity"]
+    with TargetSampler(elbv2, arn) as sampler:
+        first = _trigger(
+            local_stack, "immutable_deploy", {"app": "shop", "environment": "prod", "version": "8.0.0"}
+        )
+        _until("the first run's health gate", lambda: len(attached()) == 2)
+        second = _trigger(
+            local_stack, "immutable_deploy", {"app": "shop", "environment": "prod", "version": "8.1.0"}
+        )
+        assert _wait_for_run(local_stack, "immutable_deploy", first)["state"] == "success"
+        # While the first run swapped, the second one only waited: it launched nothing.
+        assert _task_state(local_stack, second, "launch.launch_fleet") in (None, "scheduled", "queued")
+        assert _wait_for_run(local_stack, "immutable_deploy", second)["state"] == "success"
+    assert "waiting up to" in _task_log(local_stack, second, "prepare")
+    (serving,) = attached()
+    assert {t["Key"]: t["Value"] for t in serving["Tags"]}["immutable:version"] == "8.1.0"
+    assert serving["DesiredCapacity"] == size
+    assert sampler.error is None and sampler.lowest is not None and sampler.lowest >= size, sampler.looks[:5]
