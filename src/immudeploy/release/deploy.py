@@ -38,6 +38,7 @@ from immudeploy.release.repair import repair_interrupted_swap
 
 log = logging.getLogger(__name__)
 
+
 def deploy_id_for(dag_id: str, run_id: str) -> str:
     """A short, stable id of one DAG run; tags what the run creates so a retry finds it again."""
     digest = hashlib.sha256(f"{dag_id}/{run_id}".encode()).hexdigest()[:16]
