@@ -15,9 +15,12 @@ locals {
   # The AMI and its snapshots carry the caller's tags; Name only helps people in the console.
   image_tags = merge({ Name = var.ami_name }, var.tags)
   # Deliberately not the immutable:* tags: a build instance must never look like a fleet member.
+  # The janitor DAG finds a killed bake's instance by packer:ami-name (and its app by packer:app);
+  # Packer's temporary key pair and security group it finds by their packer_<time uuid> names.
   build_instance_tags = {
     Name                 = "packer-build ${var.ami_name}"
     "packer:ami-name"    = var.ami_name
+    "packer:app"         = var.app
     "packer:environment" = var.environment
   }
   ami_description = "${var.app} ${var.version} (${var.environment})"
@@ -65,6 +68,7 @@ source "amazon-ebs" "local" {
   tags            = local.image_tags
   snapshot_tags   = local.image_tags
   run_tags        = local.build_instance_tags
+  run_volume_tags = local.build_instance_tags
 }
 
 build {

@@ -384,10 +384,29 @@ def summary(
     deploy = _plan(plan)
     # A rollback bakes nothing: its image is the one the plan chose.
     image = image_id or deploy.ami_id or ""
-    result = summarize(deploy, image, group_name, int(capacity["desired"]), timings, retired)
+    result = summarize(
+        deploy,
+        image,
+        group_name,
+        int(capacity["desired"]),
+        timings,
+        retired,
+        _deploy_cost(deploy, group_name),
+    )
     for line in result["markdown"].splitlines():
         log.info("%s", line)
     return result
+
+
+def _deploy_cost(deploy: Any, group_name: str) -> dict[str, Any]:
+    """Instance-minutes the run added, read from EC2; a read that fails is reported, not fatal."""
+    from immudeploy.release.summary import measure_deploy_cost
+
+    try:
+        return measure_deploy_cost(_clients(), deploy, group_name)
+    except Exception as error:
+        log.warning("Could not measure what the deploy cost: %s", error)
+        return {"error": str(error)}
 
 
 # --- nightly -------------------------------------------------------------------------------------

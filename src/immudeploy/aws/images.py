@@ -76,14 +76,17 @@ def _images_of_live_instances(clients: AwsApi, image_ids: list[str]) -> set[str]
     return {i["ImageId"] for page in pages for r in page["Reservations"] for i in r["Instances"]}
 
 
-def delete_unused_images(clients: AwsApi, app: str, keep: int, recorded: Collection[str] = ()) -> list[str]:
+def delete_unused_images(
+    clients: AwsApi, app: str, keep: int, recorded: Collection[str] = (), *, dry_run: bool = False
+) -> list[str]:
     """Deregister this app's images (and their snapshots) beyond the newest `keep` of each environment.
 
     Counted per environment (the image's immutable:environment tag): a burst of qa bakes never pushes
     prod's images out. Never deleted: an image in `recorded` (the caller passes the images of the last
     `keep` entries of every environment's deploy record: what a rollback would go to), one named by
     any version of any group's launch template in the region, or one running an instance. `keep` is
-    at least 1: the newest image may be baked but not launched yet.
+    at least 1: the newest image may be baked but not launched yet. With `dry_run`, nothing is
+    deregistered: the ids it would deregister.
     """
     validate_app(app)
     if not isinstance(keep, int) or keep < 1:
@@ -109,6 +112,9 @@ def delete_unused_images(clients: AwsApi, app: str, keep: int, recorded: Collect
             continue
         if image_id in in_use:
             log.info("Keeping image %s: still in use", image_id)
+            continue
+        if dry_run:
+            deleted.append(image_id)
             continue
         snapshots = [
             m["Ebs"]["SnapshotId"]

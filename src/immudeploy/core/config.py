@@ -46,6 +46,9 @@ SECRET_REF_PATTERN = r"^(ssm:/[A-Za-z0-9_.\-/]{1,1010}|env:[A-Za-z_][A-Za-z0-9_]
 # The one placeholder of `release_url`: the bake installs the artifact of the version it builds.
 RELEASE_URL_VERSION = "{version}"
 DEFAULT_NIGHTLY_SCHEDULE = "0 3 * * *"
+# What a kept group keeps while it waits for a rollback: its running instances ("full", the rollback
+# is a swap) or only its launch template and image ("zero", the rollback scales it up and boots).
+KEPT_CAPACITIES = ("full", "zero")
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,10 @@ class EnvironmentConfig:
     iam_instance_profile: str | None = None
     # An EC2 key pair for SSH; None: no key.
     key_name: str | None = None
+    # How long a kept group stays after the cutover; None: until a later deploy retires it.
+    keep_for_minutes: float | None = None
+    # "full": a kept group keeps its instances; "zero": it is scaled to 0, its launch template kept.
+    kept_capacity: str = "full"
 
     @property
     def target(self) -> str:
@@ -244,6 +251,8 @@ _ENV_FIELDS = {
     "ssm_prefix",
     "iam_instance_profile",
     "key_name",
+    "keep_for_minutes",
+    "kept_capacity",
     "health_check_type",
     "health_check_grace_period_seconds",
 }
@@ -358,7 +367,29 @@ def _environment(app: str, app_reader: _Reader, name: str, data: Any, base_dir: 
         secret_runtime_config=_secret_runtime_config(env, runtime),
         iam_instance_profile=_optional(env, "iam_instance_profile", validate_instance_profile),
         key_name=_optional(env, "key_name", validate_key_name),
+        keep_for_minutes=_keep_for_minutes(env, "keep_for_minutes"),
+        kept_capacity=_kept_capacity(env, "kept_capacity"),
     )
+
+
+def _keep_for_minutes(env: _Reader, key: str) -> float | None:
+    """Minutes a kept group stays after the cutover (> 0), or None: until the next deploy."""
+    value = env._get(key, None, False)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise InvalidInput(
+            env.name(key),
+            f"must be a number of minutes greater than 0 (omit it to keep until the next deploy), got {value!r}",
+        )
+    return float(value)
+
+
+def _kept_capacity(env: _Reader, key: str) -> str:
+    value = env.string(key, "full")
+    if value not in KEPT_CAPACITIES:
+        raise InvalidInput(env.name(key), f"must be one of {', '.join(KEPT_CAPACITIES)}, got {value!r}")
+    return str(value)
 
 
 def validate_instance_profile(value: object, field_name: str) -> str:

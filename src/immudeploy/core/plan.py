@@ -128,3 +128,7 @@ class DeployPlan:
     # Launch template: the instances' profile (name or ARN) and an optional SSH key pair.
     iam_instance_profile: str | None = None
     key_name: str | None = None
+    # Retention of the groups this run keeps: minutes after the cutover (None: until a later
+    # deploy) and what they keep running ("full", or "zero": scaled to 0, launch template kept).
+    keep_for_minutes: float | None = None
+    kept_capacity: str = "full"

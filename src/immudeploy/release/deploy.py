@@ -13,9 +13,15 @@ from typing import Any
 from immudeploy.aws import release_config
 from immudeploy.aws.deploy_record import recorded_images_of_app
 from immudeploy.aws.groups.capacity import pin_capacity, restore_capacity
-from immudeploy.aws.groups.inventory import describe_server_group, find_server_groups, live_server_group
+from immudeploy.aws.groups.inventory import (
+    describe_server_group,
+    find_server_groups,
+    launch_templates_of,
+    live_server_group,
+    raw_groups_of,
+)
 from immudeploy.aws.groups.launch import LaunchSpec, launch_server_group
-from immudeploy.aws.groups.retire import delete_server_group, retire_server_groups
+from immudeploy.aws.groups.retire import delete_launch_template, delete_server_group, retire_server_groups
 from immudeploy.aws.groups.setup import GroupSetup, configured_setup, setup_for_new_group
 from immudeploy.aws.groups.traffic import attach_server_group, detach_server_group
 from immudeploy.aws.images import delete_unused_images, require_image
@@ -116,6 +122,8 @@ def base_plan(clients: Any, env: EnvironmentConfig, dag_id: str, run_id: str, ve
         "capacity": capacity,
         "keep_old_groups": env.keep_old_groups,
         "keep_images": env.keep_images,
+        "keep_for_minutes": env.keep_for_minutes,
+        "kept_capacity": env.kept_capacity,
         "observation_seconds": env.observation_minutes * 60,
         "min_healthy_percent": env.min_healthy_percent,
         "alarms": list(env.alarms),
@@ -203,7 +211,7 @@ def _launch_spec(
 def launch_staging(clients: Any, plan: DeployPlan, image_id: str) -> ServerGroup | None:
     if plan.staging is None:
         return None
-    remove_abandoned_staging(clients, plan)
+    remove_abandoned_staging(clients, plan.app, plan.environment, own_deploy_id=plan.deploy_id)
     staging = plan.staging
     spec = _launch_spec(
         plan,
@@ -220,21 +228,41 @@ def launch_staging(clients: Any, plan: DeployPlan, image_id: str) -> ServerGroup
     return launch_server_group(clients, spec)
 
 
-def remove_abandoned_staging(clients: Any, plan: DeployPlan) -> list[str]:
+def remove_abandoned_staging(
+    clients: Any, app: str, environment: str, own_deploy_id: str | None = None, *, dry_run: bool = False
+) -> list[str]:
     """Delete staging groups that other runs of this app and environment left (with their instances).
 
-    This run holds the app/environment lock, so no other run of it is alive: a staging group with
-    another deploy id belongs to a run that died before its teardown.
+    The caller holds the app/environment lock (a deploy, or the janitor), so no other run of it is
+    alive: a staging group with another deploy id belongs to a run that died before its teardown.
+    Launch templates of staging groups that no longer exist go too (a launch that died between
+    the template and the group). With `dry_run`, nothing is deleted: the names it would delete.
     """
     deleted = []
-    for group in find_server_groups(clients, plan.app, staging_environment(plan.environment)):
-        if group.deploy_id != plan.deploy_id and delete_server_group(clients, group.name, force=True):
+    staging = staging_environment(environment)
+    for group in find_server_groups(clients, app, staging):
+        if group.deploy_id == own_deploy_id:
+            continue
+        if dry_run:
+            deleted.append(group.name)
+        elif delete_server_group(clients, group.name, force=True):
             log.info(
                 "Deleted staging group %s left by deploy %s, which is no longer running",
                 group.name,
                 group.deploy_id,
             )
             deleted.append(group.name)
+    if own_deploy_id is None:
+        groups = {
+            raw["AutoScalingGroupName"] for raw in raw_groups_of(clients, app, staging, include_deleting=True)
+        }
+        for template in launch_templates_of(clients, app, staging):
+            name = template["LaunchTemplateName"]
+            if name in groups or name in deleted:
+                continue
+            if dry_run or delete_launch_template(clients, name):
+                log.info("Deleted launch template %s of a staging group that no longer exists", name)
+                deleted.append(name)
     return deleted
 
 
@@ -417,18 +445,26 @@ def retire(
         new_group_name,
         plan.target_group_arns,
         also_delete=also_delete or [],
+        keep_for_minutes=plan.keep_for_minutes,
+        kept_capacity=plan.kept_capacity,
+        # The group this run replaced: its retention counts from now (the cutover is behind us).
+        newly_kept=plan.live.name if plan.live else None,
     )
-    # What a rollback of any environment would go to stays, whatever its age or environment tag.
-    recorded = recorded_images_of_app(clients.dynamodb, plan.app, plan.keep_images)
-    images = delete_unused_images(
-        clients, plan.app, plan.keep_images, {image for ids in recorded.values() for image in ids}
-    )
+    images = apply_image_retention(clients, plan.app, plan.keep_images)
     kept = [
         g.name
         for g in find_server_groups(clients, plan.app, plan.environment)
         if g.name != new_group_name and g.name not in deleted
     ]
     return {"deleted_groups": deleted, "deleted_images": images, "kept_groups": kept}
+
+
+def apply_image_retention(clients: Any, app: str, keep_images: int, *, dry_run: bool = False) -> list[str]:
+    """Deregister the app's images beyond retention; what a rollback of any environment would go to stays."""
+    recorded = recorded_images_of_app(clients.dynamodb, app, keep_images)
+    return delete_unused_images(
+        clients, app, keep_images, {image for ids in recorded.values() for image in ids}, dry_run=dry_run
+    )
 
 
 def observe(

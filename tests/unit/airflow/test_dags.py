@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
-DAG_IDS = {"immutable_deploy", "immutable_rollback", "immutable_nightly_rebuild"}
+DAG_IDS = {"immutable_deploy", "immutable_rollback", "immutable_nightly_rebuild", "immutable_janitor"}
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def dagbag():
     return bag
 
 
-def test_no_import_errors_and_exactly_the_three_dags(dagbag) -> None:
+def test_no_import_errors_and_exactly_the_four_dags(dagbag) -> None:
     assert dagbag.import_errors == {}
     assert set(dagbag.dag_ids) == DAG_IDS
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -25,9 +26,15 @@ from immudeploy.aws.groups.traffic import detach_server_group
 from immudeploy.aws.target_health import registered_targets
 from immudeploy.core.errors import DeployError, InvalidInput
 from immudeploy.core.naming import from_aws_tags, listed, target_group_label
-from immudeploy.core.plan import ServerGroup
+from immudeploy.core.plan import Capacity, ServerGroup
 
 log = logging.getLogger(__name__)
+
+# When a kept group may be retired (ISO 8601, UTC): cutover time + keep_for_minutes. A kept group
+# without it stays until a later deploy retires it. The janitor DAG retires groups past it.
+TAG_EXPIRES_AT = "immutable:expires-at"
+KEPT_FULL = "full"
+KEPT_ZERO = "zero"
 
 # DeleteAlarms takes at most 100 names per call.
 _ALARMS_PER_DELETE = 100
@@ -155,6 +162,10 @@ def retire_server_groups(
     target_group_arns: list[str],
     *,
     also_delete: Sequence[str] = (),
+    keep_for_minutes: float | None = None,
+    kept_capacity: str = KEPT_FULL,
+    newly_kept: str | None = None,
+    now: datetime | None = None,
 ) -> list[str]:
     """Delete this app/env's old groups except the current one and the newest `keep` disabled ones.
 
@@ -164,6 +175,10 @@ def retire_server_groups(
     `target_group_arns` (e.g. still draining), is not deleted (that would cut requests) and is such
     a failure, as is a delete AWS refuses. Also deletes launch templates that a crashed launch left
     without a group (older than the current group). Returns the deleted group names.
+
+    The kept groups get their retention (keep_retained_group): an expiry tag `keep_for_minutes`
+    after `now` for `newly_kept` (the group this run replaced) and for any kept group without one,
+    and with `kept_capacity` "zero" a size of 0 (launch template and image kept).
     """
     if not isinstance(keep, int) or keep < 0:
         raise InvalidInput("keep", f"must be an integer >= 0, got {keep!r}")
@@ -176,6 +191,17 @@ def retire_server_groups(
     kept = {group.name for group in retainable[:keep]}
     if kept:
         log.info("Keeping disabled for rollback: %s", ", ".join(sorted(kept)))
+    moment = now or datetime.now(UTC)
+    for group in retainable[:keep]:
+        keep_retained_group(
+            clients,
+            group,
+            keep_for_minutes=keep_for_minutes,
+            kept_capacity=kept_capacity,
+            fresh=group.name == newly_kept,
+            now=moment,
+        )
+    clear_expiry(clients, current_group_name)
     deleted: list[str] = []
     failures: dict[str, str] = {}
     for group in sorted(old_groups, key=lambda group: group.sequence):
@@ -207,6 +233,92 @@ def retire_server_groups(
             + (f" (deleted {', '.join(deleted)})" if deleted else "")
         )
     return deleted
+
+
+def expiry_of(raw_tags: Mapping[str, str]) -> datetime | None:
+    """The expiry a kept group carries, or None (kept until a later deploy, or an unreadable tag)."""
+    value = raw_tags.get(TAG_EXPIRES_AT)
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        log.warning("Ignoring unreadable %s tag %r", TAG_EXPIRES_AT, value)
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _group_tags(clients: AwsApi, group_name: str) -> dict[str, str]:
+    raw = describe_raw_group(clients, group_name)
+    return from_aws_tags(raw.get("Tags")) if raw else {}
+
+
+def set_expiry(clients: AwsApi, group_name: str, expires_at: datetime) -> str:
+    value = expires_at.astimezone(UTC).isoformat(timespec="seconds")
+    clients.autoscaling.create_or_update_tags(
+        Tags=[
+            {
+                "ResourceId": group_name,
+                "ResourceType": "auto-scaling-group",
+                "Key": TAG_EXPIRES_AT,
+                "Value": value,
+                "PropagateAtLaunch": False,
+            }
+        ]
+    )
+    return value
+
+
+def clear_expiry(clients: AwsApi, group_name: str) -> None:
+    """A serving group has no expiry (one a rollback swapped back to carried its kept expiry)."""
+    if TAG_EXPIRES_AT in _group_tags(clients, group_name):
+        clients.autoscaling.delete_tags(
+            Tags=[{"ResourceId": group_name, "ResourceType": "auto-scaling-group", "Key": TAG_EXPIRES_AT}]
+        )
+
+
+def keep_retained_group(
+    clients: AwsApi,
+    group: ServerGroup,
+    *,
+    keep_for_minutes: float | None,
+    kept_capacity: str,
+    fresh: bool,
+    now: datetime,
+) -> None:
+    """Give a kept group its retention: its expiry tag, and size 0 when kept at "zero" capacity.
+
+    The expiry of a group kept through several deploys is the one set when it was replaced
+    (`fresh`); it is not pushed back by each later deploy. Without keep_for_minutes a group has
+    no expiry. A zero-kept group keeps its launch template (with the image), so a rollback scales
+    it back up without a rebake.
+    """
+    if kept_capacity not in (KEPT_FULL, KEPT_ZERO):
+        raise InvalidInput("kept_capacity", f"must be {KEPT_FULL!r} or {KEPT_ZERO!r}, got {kept_capacity!r}")
+    tags = _group_tags(clients, group.name)
+    if keep_for_minutes is None:
+        clear_expiry(clients, group.name)
+    elif fresh or expiry_of(tags) is None:
+        value = set_expiry(clients, group.name, now + timedelta(minutes=keep_for_minutes))
+        log.info("Kept group %s expires at %s", group.name, value)
+    if kept_capacity == KEPT_ZERO:
+        scale_to_zero(clients, group)
+
+
+def scale_to_zero(clients: AwsApi, group: ServerGroup) -> bool:
+    """min = max = desired = 0 (its instances terminate; group and launch template stay); True if changed."""
+    if group.capacity == Capacity(0, 0, 0):
+        return False
+    clients.autoscaling.update_auto_scaling_group(
+        AutoScalingGroupName=group.name, MinSize=0, MaxSize=0, DesiredCapacity=0
+    )
+    log.info("Scaled kept group %s to 0 (was %s); its launch template stays", group.name, group.capacity)
+    return True
+
+
+def still_serving(group: ServerGroup, registered: Mapping[str, list[str]]) -> str | None:
+    """Why deleting (or scaling in) the group now would cut requests, or None."""
+    return _still_serving(group, registered)
 
 
 def _still_serving(group: ServerGroup, registered: Mapping[str, list[str]]) -> str | None:
