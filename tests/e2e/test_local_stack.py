@@ -384,7 +384,14 @@ def test_nightly_rebuild_triggers_a_deploy_of_the_live_version(local_stack: Runn
     ).json()["dag_runs"]
     triggered = runs[0]
     # The live version after the rollback test is 2.0.0: the nightly run redeployed exactly that.
-    assert triggered["conf"] == {"app": "shop", "environment": "prod", "version": "2.0.0"}
+    # The live group and version the nightly saw: the deploy checks them again under the lock.
+    assert triggered["conf"] == {
+        "app": "shop",
+        "environment": "prod",
+        "version": "2.0.0",
+        "expect_live_group": "shop-prod-v002",
+        "expect_live_version": "2.0.0",
+    }
     assert triggered["state"] == "success"
 
 
@@ -611,10 +618,14 @@ def test_a_failed_task_cleared_through_the_rest_api_reruns_only_under_the_lock(
         g["AutoScalingGroupName"] for g in autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
     }
 
+    run_id = _trigger(
+        local_stack, "immutable_deploy", {"app": "shop", "environment": "prod", "version": "7.0.0"}
+    )
+    # The staging group exists by now; the fleet's group is the next one the run creates.
+    _until(
+        "the staging group", lambda: _task_state(local_stack, run_id, "staging.wait_in_service") == "success"
+    )
     with standin.inject("autoscaling", "CreateAutoScalingGroup", "denied"):
-        run_id = _trigger(
-            local_stack, "immutable_deploy", {"app": "shop", "environment": "prod", "version": "7.0.0"}
-        )
         assert _wait_for_run(local_stack, "immutable_deploy", run_id)["state"] == "failed"
     assert _task_state(local_stack, run_id, "launch.launch_fleet") == "failed"
     assert "AccessDenied" in _task_log(local_stack, run_id, "launch.launch_fleet")
