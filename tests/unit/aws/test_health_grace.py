@@ -141,7 +141,8 @@ def test_without_a_grace_period_unhealthy_fails_at_once(
         DeployError, match=rf"{broken} in shop-prod-live \(unhealthy: Target.FailedHealthChecks"
     ):
         run_gate(health_gate(group, demo_network, "blocking"))
-    assert time.monotonic() - started < 2
+    # At once: within a few polls (launch times have one-second resolution), not the 120 s timeout.
+    assert time.monotonic() - started < 10
 
 
 def test_the_evaluator_judges_unhealthy_against_each_instances_grace_end() -> None:
