@@ -242,7 +242,8 @@ class UnhealthyFor:
 def test_a_health_gate_failure_removes_the_new_group_while_the_old_one_serves(
     airflow_db, aws, demo_network, fleet_clients, tmp_path, monkeypatch
 ) -> None:
-    write_config(tmp_path, monkeypatch)
+    # No grace period: the gate fails at the first `unhealthy` instead of tolerating it for 300 s.
+    write_config(tmp_path, monkeypatch, health_check_grace_period_seconds=0)
     deployed("1.0.0")
     live = group_instances(fleet_clients, "shop-prod-v001")
 
