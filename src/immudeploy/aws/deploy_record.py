@@ -15,16 +15,15 @@ Reading never creates the table: a target without a table or entry has an empty 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from immudeploy.aws.groups.inventory import describe_server_group
-from immudeploy.core.errors import DeployError, InvalidInput
+from immudeploy.aws.tables import ensure_table, table_name
+from immudeploy.core.errors import DeployError
 from immudeploy.core.naming import validate_app, validate_environment
 from immudeploy.core.plan import DeployPlan
 
@@ -32,7 +31,6 @@ log = logging.getLogger(__name__)
 
 RELEASE_TABLE_ENV_VAR = "IMMUDEPLOY_RELEASE_TABLE"
 DEFAULT_RELEASE_TABLE = "immudeploy-releases"
-TABLE_ACTIVE_TIMEOUT_SECONDS = 120
 KIND_DEPLOY = "deploy"
 KIND_ROLLBACK = "rollback"
 
@@ -67,10 +65,7 @@ class Release:
 
 
 def release_table_name() -> str:
-    name = os.environ.get(RELEASE_TABLE_ENV_VAR, DEFAULT_RELEASE_TABLE)
-    if not (3 <= len(name) <= 255) or not all(c.isalnum() or c in "_.-" for c in name):
-        raise InvalidInput(RELEASE_TABLE_ENV_VAR, f"{name!r} is not a DynamoDB table name")
-    return name
+    return table_name(RELEASE_TABLE_ENV_VAR, DEFAULT_RELEASE_TABLE)
 
 
 def target_key(app: str, environment: str) -> str:
@@ -78,33 +73,9 @@ def target_key(app: str, environment: str) -> str:
 
 
 def ensure_release_table(dynamodb: Any, table: str | None = None) -> str:
-    """The record table, created (on-demand billing) when it does not exist yet; returns its name."""
-    name = table or release_table_name()
-    try:
-        status = dynamodb.describe_table(TableName=name)["Table"]["TableStatus"]
-    except dynamodb.exceptions.ResourceNotFoundException:
-        log.info("Creating the deploy record table %s (DynamoDB, on-demand billing)", name)
-        # Another run (of another target) may create it at the same moment.
-        with contextlib.suppress(dynamodb.exceptions.ResourceInUseException):
-            dynamodb.create_table(
-                TableName=name,
-                AttributeDefinitions=[
-                    {"AttributeName": "target", "AttributeType": "S"},
-                    {"AttributeName": "recorded_key", "AttributeType": "S"},
-                ],
-                KeySchema=[
-                    {"AttributeName": "target", "KeyType": "HASH"},
-                    {"AttributeName": "recorded_key", "KeyType": "RANGE"},
-                ],
-                BillingMode="PAY_PER_REQUEST",
-                Tags=[{"Key": "immutable:purpose", "Value": "deploy-record"}],
-            )
-        status = "CREATING"
-    if status != "ACTIVE":
-        dynamodb.get_waiter("table_exists").wait(
-            TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": TABLE_ACTIVE_TIMEOUT_SECONDS}
-        )
-    return name
+    """The record table, created when it does not exist yet; returns its name."""
+    keys = [("target", "HASH"), ("recorded_key", "RANGE")]
+    return ensure_table(dynamodb, table or release_table_name(), keys, "deploy record")
 
 
 def _to_item(release: Release) -> dict[str, Any]:

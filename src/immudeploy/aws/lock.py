@@ -14,9 +14,7 @@ is older than `stale_after_seconds`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -28,14 +26,14 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from immudeploy.aws.errors import error_code
-from immudeploy.core.errors import DeployError, InvalidInput
+from immudeploy.aws.tables import ensure_table, table_name
+from immudeploy.core.errors import DeployError
 from immudeploy.core.naming import validate_app, validate_environment
 
 logger = logging.getLogger(__name__)
 
 LOCK_TABLE_ENV_VAR = "IMMUDEPLOY_LOCK_TABLE"
 DEFAULT_LOCK_TABLE = "immudeploy-locks"
-TABLE_ACTIVE_TIMEOUT_SECONDS = 120
 UNKNOWN = "?"
 
 # Whether a holder's run is still alive: True, False, or None when the caller cannot tell.
@@ -65,10 +63,7 @@ class _Item:
 
 
 def lock_table_name() -> str:
-    name = os.environ.get(LOCK_TABLE_ENV_VAR, DEFAULT_LOCK_TABLE)
-    if not (3 <= len(name) <= 255) or not all(c.isalnum() or c in "_.-" for c in name):
-        raise InvalidInput(LOCK_TABLE_ENV_VAR, f"{name!r} is not a DynamoDB table name")
-    return name
+    return table_name(LOCK_TABLE_ENV_VAR, DEFAULT_LOCK_TABLE)
 
 
 def lock_key(app: str, environment: str) -> str:
@@ -77,27 +72,8 @@ def lock_key(app: str, environment: str) -> str:
 
 
 def ensure_lock_table(dynamodb: Any, table: str | None = None) -> str:
-    """The lock table, created (on demand billing) when it does not exist yet; returns its name."""
-    name = table or lock_table_name()
-    try:
-        status = dynamodb.describe_table(TableName=name)["Table"]["TableStatus"]
-    except dynamodb.exceptions.ResourceNotFoundException:
-        logger.info("Creating the deployment lock table %s (DynamoDB, on-demand billing)", name)
-        # Another run may create it at the same moment.
-        with contextlib.suppress(dynamodb.exceptions.ResourceInUseException):
-            dynamodb.create_table(
-                TableName=name,
-                AttributeDefinitions=[{"AttributeName": "lock_id", "AttributeType": "S"}],
-                KeySchema=[{"AttributeName": "lock_id", "KeyType": "HASH"}],
-                BillingMode="PAY_PER_REQUEST",
-                Tags=[{"Key": "immutable:purpose", "Value": "deployment-locks"}],
-            )
-        status = "CREATING"
-    if status != "ACTIVE":
-        dynamodb.get_waiter("table_exists").wait(
-            TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": TABLE_ACTIVE_TIMEOUT_SECONDS}
-        )
-    return name
+    """The lock table, created when it does not exist yet; returns its name."""
+    return ensure_table(dynamodb, table or lock_table_name(), [("lock_id", "HASH")], "deployment locks")
 
 
 def _now() -> datetime:
